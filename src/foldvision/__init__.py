@@ -1,0 +1,3 @@
+"""foldvision: K-fold image classification for competitions (Lightning + Hydra + timm)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,70 @@
+"""Console scripts and the logic behind train.py / predict.py."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from foldvision.errors import FoldvisionError
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def _user_error(e: FoldvisionError) -> None:
+    print(f"foldvision: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def train_main(cfg: DictConfig) -> float:
+    """Body of train.py: run the CV and return the OOF main metric."""
+    from foldvision.cv import run_cv
+
+    try:
+        return run_cv(cfg)
+    except FoldvisionError as e:
+        _user_error(e)
+        raise  # unreachable
+
+
+def predict_main(cfg: DictConfig) -> None:
+    from foldvision.predict import run_predict
+
+    try:
+        run_predict(cfg)
+    except FoldvisionError as e:
+        _user_error(e)
+
+
+def train() -> None:
+    """`foldvision-train`: the same as `python train.py`."""
+    import hydra
+
+    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")(train_main)()
+
+
+def predict() -> None:
+    """`foldvision-predict`: the same as `python predict.py`."""
+    import hydra
+
+    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")(predict_main)()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`foldvision <command>`: cv-merge."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="foldvision")
+    sub = parser.add_subparsers(dest="command", required=True)
+    merge = sub.add_parser("cv-merge", help="combine runs that trained different folds of one config into one CV folder")
+    merge.add_argument("runs", nargs="+", help="run folders (e.g. the members of a -m cv.fold=0,1,2,3,4 sweep)")
+    merge.add_argument("--out", required=True, help="the combined run folder to write")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "cv-merge":
+            from foldvision.merge import merge_runs
+
+            merge_runs([Path(r) for r in args.runs], Path(args.out))
+    except FoldvisionError as e:
+        _user_error(e)

@@ -1,0 +1,114 @@
+"""Run folders and their saved configs.
+
+A run folder holds `config.yaml`: the composed config, resolved, with data paths made absolute.
+predict.py rebuilds models from it, and `resume=` refuses a command whose config differs from it
+in anything but the keys that cannot change results.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from foldvision.errors import FoldvisionError
+from foldvision.io import write_text
+
+CONFIG_FILE = "config.yaml"
+# Keys a resumed run may change: they alter how a run is shown or how far it goes, not its results.
+RESUME_SAFE_KEYS = (
+    "resume", "name", "trainer.max_epochs", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
+    "data.num_workers", "cv.folds", "cv.fold", "callbacks.progress_bar", "logger", "paths.output_dir",
+)
+# Config values that are file system paths: made absolute so a run folder works from any cwd.
+PATH_KEYS = ("data.root", "cv.dir", "paths.data_dir", "paths.output_dir", "model.weights_file")
+
+
+def _abs(value: Any) -> Any:
+    return os.path.abspath(os.path.expanduser(value)) if isinstance(value, str) else value
+
+
+def resolve_config(cfg: DictConfig) -> DictConfig:
+    """A resolved, standalone copy of `cfg` with absolute paths (no interpolations left)."""
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    for key in PATH_KEYS:
+        value = OmegaConf.select(out, key, default=None)
+        if value is not None:
+            OmegaConf.update(out, key, _abs(value))
+    return out
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, DictConfig):
+        d = OmegaConf.to_container(d, resolve=True)
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(a: DictConfig, b: DictConfig, ignore: tuple[str, ...] = RESUME_SAFE_KEYS) -> list[str]:
+    """Keys whose values differ between two configs, as 'key: a -> b', skipping `ignore` prefixes."""
+    fa, fb = flatten(a), flatten(b)
+    diffs = []
+    for key in sorted(set(fa) | set(fb)):
+        if any(key == i or key.startswith(i + ".") for i in ignore):
+            continue
+        if fa.get(key, "<absent>") != fb.get(key, "<absent>"):
+            diffs.append(f"{key}: {fa.get(key, '<absent>')!r} -> {fb.get(key, '<absent>')!r}")
+    return diffs
+
+
+def load_run_config(run_dir: str | os.PathLike) -> DictConfig:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FoldvisionError(f"{run_dir} is not a foldvision run folder: {CONFIG_FILE} is missing.")
+    return OmegaConf.load(path)
+
+
+def save_run_config(run_dir: Path, cfg: DictConfig) -> None:
+    write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
+
+
+def prepare_run_dir(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> tuple[Path, DictConfig]:
+    """The run folder and the resolved config to train with.
+
+    Order: `run_dir` argument, then `cfg.resume`, then Hydra's output dir. An existing config.yaml
+    there must match (except RESUME_SAFE_KEYS); otherwise it is written.
+    """
+    resolved = resolve_config(cfg)
+    if run_dir is None and cfg.get("resume"):
+        run_dir = cfg.resume
+        if not (Path(run_dir) / CONFIG_FILE).is_file():
+            raise FoldvisionError(f"resume={run_dir}: no {CONFIG_FILE} there; give the folder of a foldvision run.")
+    if run_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        run_dir = HydraConfig.get().runtime.output_dir
+    run_dir = Path(run_dir).absolute()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise FoldvisionError(f"cannot write to the run folder {run_dir}: {e}. Set hydra.run.dir (or paths.output_dir) to a writable place.") from None
+    if (run_dir / CONFIG_FILE).is_file():
+        saved = load_run_config(run_dir)
+        diffs = config_differences(saved, resolved)
+        if diffs:
+            raise FoldvisionError(
+                f"{run_dir} was trained with another config; resuming would mix results. Differing keys:\n  "
+                + "\n  ".join(diffs)
+                + f"\nUse the original overrides, or start a new run folder. Keys that may change on resume: {', '.join(RESUME_SAFE_KEYS)}."
+            )
+    save_run_config(run_dir, resolved)
+    return run_dir, resolved

@@ -1,0 +1,259 @@
+"""K-fold cross-validation: train each fold, predict its validation rows (OOF), summarise.
+
+Run folder layout:
+    config.yaml                  resolved config (predict.py and resume read it)
+    classes.json                 class/label names in output order
+    fold_<k>/best.ckpt last.ckpt metrics.csv result.json oof.csv
+    oof.csv                      out-of-fold probabilities of every finished fold
+    cv_summary.json              per-fold and OOF scores, mean/std, best epochs, wall time
+A fold with result.json is finished and skipped on rerun; one with only last.ckpt resumes from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+
+from foldvision.config import prepare_run_dir
+from foldvision.data.folds import load_or_make_folds, resolve_strategy
+from foldvision.data.sources import DataTable, read_table
+from foldvision.errors import FoldvisionError
+from foldvision.io import read_json, write_csv, write_json
+from foldvision.tasks import Task, create_task
+
+log = logging.getLogger("foldvision")
+
+
+@dataclass
+class CVData:
+    """The training table with encoded targets and fold assignment."""
+
+    table: DataTable
+    task: Task
+    targets: np.ndarray
+    folds: np.ndarray
+    fold_file: Path
+
+    @property
+    def ids(self) -> list[str]:
+        return self.table.train["id"].tolist()
+
+    @property
+    def paths(self) -> list[str]:
+        return self.table.train["path"].tolist()
+
+
+def _drop_unreadable(table: DataTable, cfg: DictConfig, run_dir: Path) -> DataTable:
+    """data.skip_bad=true: decode every image once, drop (and list) the ones that fail."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from foldvision.data.images import ImageReadError, load_image
+
+    def check(path: str) -> str | None:
+        try:
+            load_image(path, int(cfg.model.get("in_chans", 3)))
+            return None
+        except ImageReadError as e:
+            return str(e)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        errors = list(pool.map(check, table.train["path"]))
+    bad = [(i, p, e) for i, p, e in zip(table.train["id"], table.train["path"], errors) if e]
+    rows = [(m, None, "no image file for this id") for m in (table.missing or [])] + bad
+    if rows:
+        write_csv(run_dir / "bad_images.csv", pd.DataFrame(rows, columns=["id", "path", "error"]))
+        log.warning("data.skip_bad=true: skipped %d unreadable/missing image(s), listed in %s", len(rows), run_dir / "bad_images.csv")
+    keep = np.array([e is None for e in errors])
+    table.train = table.train[keep].reset_index(drop=True)
+    table.labels = table.labels[keep].reset_index(drop=True)
+    return table
+
+
+def load_cv_data(cfg: DictConfig, run_dir: Path | None = None) -> CVData:
+    """Read the data, encode targets with the task and load (or make) the persisted folds."""
+    table = read_table(cfg.data)
+    if cfg.data.get("skip_bad") and run_dir is not None:
+        table = _drop_unreadable(table, cfg, run_dir)
+    task = create_task(cfg.task)
+    targets = task.encode(table.labels, sep=cfg.data.get("label_sep") or " ")
+    strategy = resolve_strategy(cfg.cv.strategy, task.name)
+    groups = table.train["group"].to_numpy() if "group" in table.train else None
+    folds, fold_file = load_or_make_folds(
+        cfg.cv.dir, table.train["id"].tolist(), targets, task.classes, strategy, int(cfg.cv.n_folds), int(cfg.cv.seed),
+        groups=groups, regenerate=bool(cfg.cv.regenerate),
+    )
+    return CVData(table, task, targets, folds, fold_file)
+
+
+def selected_folds(cv_cfg: DictConfig) -> list[int]:
+    n = int(cv_cfg.n_folds)
+    if cv_cfg.get("fold") is not None:
+        chosen = [int(cv_cfg.fold)]
+    elif cv_cfg.get("folds") is not None:
+        chosen = [int(f) for f in cv_cfg.folds]
+    else:
+        chosen = list(range(n))
+    bad = [f for f in chosen if not 0 <= f < n]
+    if bad:
+        raise FoldvisionError(f"cv.folds/cv.fold {bad} out of range for cv.n_folds={n} (folds are 0..{n - 1}).")
+    return chosen
+
+
+def _check_val_classes(data: CVData, fold: int) -> None:
+    """A class seen in validation but never in training cannot be learned: say so."""
+    if data.targets.ndim != 1:
+        return
+    train_classes = set(data.targets[data.folds != fold].tolist())
+    missing = sorted(set(data.targets[data.folds == fold].tolist()) - train_classes)
+    if missing:
+        names = [data.task.classes[m] for m in missing]
+        raise FoldvisionError(f"fold {fold}: class(es) {names} appear in validation but not in training. Use cv.strategy=stratified or fewer folds.")
+
+
+def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[str, Any]:
+    """Train one fold (resuming from its last.ckpt), predict its validation rows, write results."""
+    import lightning.pytorch as pl
+    import torch
+
+    from foldvision.data.datamodule import FoldDataModule, ImageDataset, make_loader
+    from foldvision.data.transforms import eval_transform, train_transform
+    from foldvision.inference import predict_batches
+    from foldvision.models.backbone import create_classifier
+    from foldvision.models.module import ClassifierModule
+    from foldvision.training import build_trainer
+
+    _check_val_classes(data, fold)
+    fold_dir = run_dir / f"fold_{fold}"
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    model, data_config = create_classifier(cfg.model, data.task.num_outputs, image_size=cfg.data.get("image_size"))
+    write_json(run_dir / "data_config.json", data_config)
+    is_train, is_val = data.folds != fold, data.folds == fold
+    paths = np.array(data.paths, dtype=object)
+    size, channels = data_config["image_size"], data_config["in_chans"]
+    dm = FoldDataModule(
+        paths[is_train].tolist(), data.targets[is_train], paths[is_val].tolist(), data.targets[is_val],
+        train_transform(size, cfg.get("augment")), eval_transform(size),
+        int(cfg.data.batch_size), int(cfg.data.num_workers), channels,
+    )
+    module = ClassifierModule(model, data.task, cfg.optimizer, cfg.scheduler, bool(cfg.trainer.get("channels_last", False)))
+    monitor = f"val/{data.task.main_metric}"
+    trainer = build_trainer(cfg, fold_dir, monitor)
+    last = fold_dir / "last.ckpt"
+    t0 = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
+    train_seconds = time.time() - t0
+    if not trainer.is_global_zero:
+        return {}
+
+    best = Path(trainer.checkpoint_callback.best_model_path or last)
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)
+    module.load_state_dict(ckpt["state_dict"])
+    module.eval()
+    loader = make_loader(ImageDataset(paths[is_val].tolist(), None, eval_transform(size), channels), int(cfg.data.batch_size), int(cfg.data.num_workers))
+    (probs,) = predict_batches([module.model.to("cpu")], loader, data.task.activation)
+    val_targets = data.targets[is_val]
+    scores = data.task.score(probs, val_targets)
+
+    oof = pd.DataFrame({"id": np.array(data.ids, dtype=object)[is_val], "fold": fold, **data.task.target_columns(val_targets)})
+    oof = pd.concat([oof, pd.DataFrame(probs, columns=data.task.prob_columns())], axis=1)
+    write_csv(fold_dir / "oof.csv", oof)
+    result = {
+        "fold": fold,
+        "scores": scores,
+        "best_epoch": int(ckpt.get("epoch", -1)),
+        "epochs_trained": int(trainer.current_epoch),
+        "best_checkpoint": best.name,
+        "n_train": int(is_train.sum()),
+        "n_val": int(is_val.sum()),
+        "train_seconds": round(train_seconds, 1),
+    }
+    write_json(fold_dir / "result.json", result)  # written last: its presence marks the fold done
+    return result
+
+
+def fold_results(run_dir: Path) -> dict[int, dict[str, Any]]:
+    """Results of the finished folds in a run folder."""
+    out = {}
+    for p in sorted(run_dir.glob("fold_*/result.json")):
+        r = read_json(p)
+        out[int(r["fold"])] = r
+    return out
+
+
+def summarize(run_dir: Path, task: Task, n_folds: int, wall_seconds: float | None = None) -> dict[str, Any]:
+    """oof.csv from the finished folds' predictions and cv_summary.json with their scores."""
+    results = fold_results(run_dir)
+    if not results:
+        raise FoldvisionError(f"{run_dir}: no finished fold (fold_<k>/result.json) to summarise.")
+    oof = pd.concat([pd.read_csv(run_dir / f"fold_{k}" / "oof.csv", dtype={"id": str}) for k in sorted(results)], ignore_index=True)
+    write_csv(run_dir / "oof.csv", oof)
+    oof_scores = task.score(oof[task.prob_columns()].to_numpy(), task.targets_from_columns(oof))
+    per_metric = {m: [r["scores"][m] for r in results.values()] for m in oof_scores}
+    summary = {
+        "task": task.name,
+        "main_metric": task.main_metric,
+        "classes": task.classes,
+        "n_folds": n_folds,
+        "folds_done": sorted(results),
+        "complete": len(results) == n_folds,
+        "oof": oof_scores,
+        "fold_mean": {m: float(np.mean(v)) for m, v in per_metric.items()},
+        "fold_std": {m: float(np.std(v)) for m, v in per_metric.items()},
+        "folds": [results[k] for k in sorted(results)],
+        "train_seconds": round(sum(r["train_seconds"] for r in results.values()), 1),
+    }
+    if wall_seconds is not None:
+        summary["wall_seconds"] = round(wall_seconds, 1)
+    write_json(run_dir / "cv_summary.json", summary)
+    return summary
+
+
+def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+    """A rich table: one row per metric, one column per fold, then mean ± std and OOF."""
+    from rich.console import Console
+    from rich.table import Table
+
+    folds = summary["folds"]
+    table = Table(title=f"CV summary: {summary['task']}, {len(folds)}/{summary['n_folds']} folds, main metric {summary['main_metric']}")
+    table.add_column("metric")
+    for r in folds:
+        table.add_column(f"fold {r['fold']}", justify="right")
+    table.add_column("mean ± std", justify="right")
+    table.add_column("OOF", justify="right", style="bold green")
+    for m in summary["oof"]:
+        table.add_row(m, *[f"{r['scores'][m]:.4f}" for r in folds], f"{summary['fold_mean'][m]:.4f} ± {summary['fold_std'][m]:.4f}", f"{summary['oof'][m]:.4f}")
+    table.add_row("best epoch", *[str(r["best_epoch"]) for r in folds], "", "")
+    table.add_row("train s", *[f"{r['train_seconds']:.0f}" for r in folds], "", f"{summary['train_seconds']:.0f}")
+    console = Console(width=max(100, 24 + 12 * len(folds)))
+    console.print(table)
+    console.print(f"run folder: {run_dir}")
+
+
+def run_cv(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
+    """Train the selected folds of `cfg` into the run folder; return the OOF main metric."""
+    from foldvision.training import check_accelerator
+
+    t0 = time.time()
+    check_accelerator(cfg.trainer)
+    run_dir, cfg = prepare_run_dir(cfg, run_dir)
+    data = load_cv_data(cfg, run_dir)
+    write_json(run_dir / "classes.json", {"task": data.task.name, "classes": data.task.classes})
+    log.info("%d training images, %d classes, folds from %s", len(data.ids), data.task.num_outputs, data.fold_file)
+    done = fold_results(run_dir)
+    for fold in selected_folds(cfg.cv):
+        if fold in done:
+            log.info("fold %d already finished (%s): skipped", fold, run_dir / f"fold_{fold}")
+            continue
+        log.info("fold %d/%d", fold, cfg.cv.n_folds)
+        train_fold(cfg, data, fold, run_dir)
+    summary = summarize(run_dir, data.task, int(cfg.cv.n_folds), time.time() - t0)
+    print_summary(summary, run_dir)
+    return float(summary["oof"][data.task.main_metric])

@@ -1,0 +1,1 @@
+"""Data: sources (folder/csv/multihot -> one table), folds, images, transforms, datamodule."""

@@ -1,0 +1,224 @@
+"""Data sources: each competition layout is read into one `DataTable` (id, path, raw labels).
+
+Layouts (`data.source`):
+- folder:   root/train/<class>/<image>, optional root/test/<image>
+- csv:      root/<train_csv> with an id column and a label column (class names or ints; several
+            labels separated by `label_sep` for multilabel), images in root/<image_dir>
+- multihot: root/<train_csv> with an id column and one 0/1 column per label (Dacon letters)
+Test images come from `data.test_csv` (ids, e.g. a sample_submission.csv) resolved against
+`data.test_image_dir`, or from root/test/ for the folder layout.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from foldvision.data.images import IMAGE_EXTENSIONS
+from foldvision.errors import FoldvisionError
+
+
+@dataclass
+class DataTable:
+    """Everything the rest of foldvision needs to know about a dataset.
+
+    `train` has columns id, path (and group when `data.group_col` is set); `labels` is a Series of
+    label strings (folder/csv) or a 0/1 DataFrame with one column per label (multihot), aligned
+    with `train`; `test` has columns id, path or is None.
+    """
+
+    train: pd.DataFrame
+    labels: pd.Series | pd.DataFrame
+    test: pd.DataFrame | None
+    source: str  # the file or folder the labels came from (for error messages)
+    missing: list[str] | None = None  # ids without an image, kept only with data.skip_bad=true
+
+
+def _resolve_dir(root: Path, sub: str | None) -> Path:
+    if sub is None:
+        return root
+    p = Path(sub)
+    return p if p.is_absolute() else root / p
+
+
+def _read_csv(path: Path, what: str, **kwargs) -> pd.DataFrame:
+    if not path.is_file():
+        raise FoldvisionError(f"{what} not found: {path}. Check data.root and the file name.")
+    try:
+        return pd.read_csv(path, **kwargs)
+    except Exception as e:  # pandas raises many types for malformed files
+        raise FoldvisionError(f"cannot read {what} {path}: {e}") from None
+
+
+def _require_columns(df: pd.DataFrame, cols: list[str], path: Path, key: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise FoldvisionError(
+            f"{path}: column(s) {missing} not found (from {key}); columns found: {list(df.columns)}. "
+            f"Set {key} to one of them."
+        )
+
+
+class ImageIndex:
+    """Maps ids (with or without extension) to files in one directory, listing it once."""
+
+    def __init__(self, directory: Path) -> None:
+        if not directory.is_dir():
+            raise FoldvisionError(f"image directory not found: {directory}. Check data.image_dir / data.test_image_dir.")
+        self.directory = directory
+        self.by_name: dict[str, str] = {}
+        self.by_stem: dict[str, str] = {}
+        for entry in os.scandir(directory):
+            if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                self.by_name[entry.name] = entry.name
+                self.by_stem.setdefault(os.path.splitext(entry.name)[0], entry.name)
+        # ids may also name files in sub-folders ("cats/001.jpg"): checked on demand
+
+    def resolve(self, image_id: str) -> Path | None:
+        name = self.by_name.get(image_id) or self.by_stem.get(image_id)
+        if name is not None:
+            return self.directory / name
+        candidate = self.directory / image_id
+        if candidate.is_file():
+            return candidate
+        for ext in IMAGE_EXTENSIONS:
+            if (p := self.directory / f"{image_id}{ext}").is_file():
+                return p
+        return None
+
+
+def _resolve_paths(ids: pd.Series, directory: Path, csv_path: Path, skip_bad: bool) -> tuple[pd.Series, list[str]]:
+    index = ImageIndex(directory)
+    paths = [index.resolve(i) for i in ids]
+    missing = [i for i, p in zip(ids, paths) if p is None]
+    if missing and not skip_bad:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise FoldvisionError(
+            f"{len(missing)} id(s) in {csv_path} have no image in {directory}: {shown}. "
+            "Fix the ids or the image dir, or set data.skip_bad=true to skip them."
+        )
+    return pd.Series([str(p) if p else None for p in paths], index=ids.index), missing
+
+
+def _check_unique(ids: pd.Series, path: Path) -> None:
+    dup = ids[ids.duplicated()].unique().tolist()
+    if dup:
+        raise FoldvisionError(f"{path}: duplicate id(s) {dup[:5]}; every image must appear once.")
+
+
+def _test_table(cfg: DictConfig, root: Path, default_dir: Path) -> pd.DataFrame | None:
+    test_dir = _resolve_dir(root, cfg.get("test_image_dir")) if cfg.get("test_image_dir") else default_dir
+    if cfg.get("test_csv"):
+        path = _resolve_dir(root, cfg.test_csv)
+        df = _read_csv(path, "data.test_csv", dtype=str, keep_default_na=False)
+        id_col = cfg.get("id_col") if cfg.get("id_col") in df.columns else df.columns[0]
+        ids = df[id_col].astype(str)
+        _check_unique(ids, path)
+        paths, _ = _resolve_paths(ids, test_dir, path, skip_bad=False)
+        return pd.DataFrame({"id": ids.values, "path": paths.values})
+    if test_dir.is_dir():
+        files = sorted(e.name for e in os.scandir(test_dir) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+        if files:
+            return pd.DataFrame({"id": [os.path.splitext(f)[0] for f in files], "path": [str(test_dir / f) for f in files]})
+    return None
+
+
+def _read_folder(cfg: DictConfig, root: Path) -> DataTable:
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        raise FoldvisionError(
+            f"folder layout expects {train_dir}/<class>/<image>; {train_dir} does not exist. "
+            "Check data.root, or use data=csv / data=multihot for other layouts."
+        )
+    ids, paths, labels = [], [], []
+    for class_dir in sorted(p for p in train_dir.iterdir() if p.is_dir()):
+        for f in sorted(class_dir.iterdir()):
+            if f.is_file() and f.name.lower().endswith(IMAGE_EXTENSIONS):
+                ids.append(f"{class_dir.name}/{f.stem}")
+                paths.append(str(f))
+                labels.append(class_dir.name)
+    if not ids:
+        raise FoldvisionError(f"no images found under {train_dir}/<class>/ (extensions {IMAGE_EXTENSIONS}).")
+    train = pd.DataFrame({"id": ids, "path": paths})
+    return DataTable(train, pd.Series(labels, name="label"), _test_table(cfg, root, root / "test"), str(train_dir))
+
+
+def _read_labelled_csv(cfg: DictConfig, root: Path, multihot: bool) -> DataTable:
+    path = _resolve_dir(root, cfg.train_csv)
+    df = _read_csv(path, "data.train_csv", dtype={cfg.id_col: str})
+    key_cols = [cfg.id_col] + ([cfg.group_col] if cfg.get("group_col") else [])
+    _require_columns(df, [cfg.id_col], path, "data.id_col")
+    if cfg.get("group_col"):
+        _require_columns(df, [cfg.group_col], path, "data.group_col")
+    ids = df[cfg.id_col].astype(str)
+    if ids.isna().any() or (ids.str.strip() == "").any():
+        raise FoldvisionError(f"{path}: empty id(s) in column {cfg.id_col!r}.")
+    _check_unique(ids, path)
+
+    if multihot:
+        label_cols = list(cfg.label_cols) if cfg.get("label_cols") else [c for c in df.columns if c not in key_cols]
+        _require_columns(df, label_cols, path, "data.label_cols")
+        if not label_cols:
+            raise FoldvisionError(f"{path}: no label columns besides {key_cols}.")
+        labels = df[label_cols].apply(pd.to_numeric, errors="coerce")
+        bad = labels.isna() | ~labels.isin([0, 1])
+        if bad.any().any():
+            row, col = bad.stack()[lambda s: s].index[0]
+            raise FoldvisionError(
+                f"{path}: label column {col!r} must hold 0 or 1; row {row + 2} (id {ids[row]}) has "
+                f"{df.loc[row, col]!r}. {int(bad.values.sum())} such cell(s) in all."
+            )
+        labels = labels.astype("int64")
+        labels.columns = [str(c) for c in label_cols]
+    else:
+        _require_columns(df, [cfg.label_col], path, "data.label_col")
+        raw = df[cfg.label_col]
+        empty = raw.isna() | (raw.astype(str).str.strip() == "")
+        if empty.any():
+            rows = (empty[empty].index[:5] + 2).tolist()
+            raise FoldvisionError(
+                f"{path}: {int(empty.sum())} empty label(s) in column {cfg.label_col!r} (file lines {rows}). "
+                "Fill or drop those rows."
+            )
+        labels = raw.astype(str).str.strip().rename("label")
+
+    image_dir = _resolve_dir(root, cfg.image_dir)
+    paths, missing = _resolve_paths(ids, image_dir, path, bool(cfg.skip_bad))
+    train = pd.DataFrame({"id": ids.values, "path": paths.values})
+    if cfg.get("group_col"):
+        train["group"] = df[cfg.group_col].astype(str).values
+    keep = train["path"].notna().values
+    train, labels = train[keep].reset_index(drop=True), labels[keep].reset_index(drop=True)
+    return DataTable(train, labels, _test_table(cfg, root, image_dir), str(path), missing or None)
+
+
+def read_table(cfg: DictConfig) -> DataTable:
+    """Read the dataset described by the `data` config group (writing a built-in one if asked)."""
+    root = Path(cfg.root).expanduser()
+    if cfg.get("builtin"):
+        from foldvision.data.builtin import ensure_builtin
+
+        ensure_builtin(cfg.builtin, root)
+    if not root.is_dir():
+        raise FoldvisionError(f"data.root={root} is not a directory. Point data.root at your dataset.")
+    if cfg.source == "folder":
+        return _read_folder(cfg, root)
+    if cfg.source == "csv":
+        return _read_labelled_csv(cfg, root, multihot=False)
+    if cfg.source == "multihot":
+        return _read_labelled_csv(cfg, root, multihot=True)
+    raise FoldvisionError(f"data.source={cfg.source!r} is not one of folder | csv | multihot.")
+
+
+def read_test_table(cfg: DictConfig) -> pd.DataFrame | None:
+    """Only the test images (id, path) of the dataset described by `cfg` (the data group)."""
+    root = Path(cfg.root).expanduser()
+    if cfg.source == "folder":
+        default_dir = root / "test"
+    else:
+        default_dir = _resolve_dir(root, cfg.get("image_dir"))
+    return _test_table(cfg, root, default_dir)

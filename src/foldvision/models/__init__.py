@@ -1,0 +1,1 @@
+"""Models: timm backbone with in-model normalisation, the LightningModule, optimisers."""

@@ -1,0 +1,107 @@
+"""The network: a timm backbone behind a normalisation layer.
+
+Inputs are uint8 images (N, C, H, W); the model scales and normalises them itself with the mean
+and std it was trained with. So a saved model carries its own preprocessing, uint8 batches travel
+to the device (4x less traffic than float), and predict.py cannot normalise differently from
+training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from foldvision.errors import FoldvisionError
+
+
+class Classifier(nn.Module):
+    """uint8 or float image batch -> logits."""
+
+    def __init__(self, backbone: nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images.float() - self.mean) / self.std
+        return self.backbone(x)
+
+
+def _offline_hint(name: str, error: Exception) -> FoldvisionError:
+    return FoldvisionError(
+        f"could not fetch pretrained weights for model.name={name} ({type(error).__name__}: {error}). "
+        "Without internet, either train from scratch with model.pretrained=false, or point "
+        "model.weights_file=PATH at a local .pth/.safetensors of this architecture (e.g. a Kaggle dataset)."
+    )
+
+
+def create_backbone(cfg: DictConfig, num_classes: int, pretrained: bool | None = None) -> nn.Module:
+    """timm.create_model from the `model` config group; a local weights file replaces the download.
+
+    `pretrained=False` overrides the config (predict.py loads fold weights anyway).
+    """
+    import timm
+
+    if not timm.is_model(cfg.name):
+        close = timm.list_models(f"*{cfg.name.split('_')[0]}*")[:8]
+        raise FoldvisionError(f"model.name={cfg.name!r} is not a timm model. Similar names: {close}. See timm.list_models().")
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": int(cfg.get("in_chans", 3))}
+    if cfg.get("drop_rate"):
+        kwargs["drop_rate"] = float(cfg.drop_rate)
+    if cfg.get("drop_path_rate") is not None:
+        kwargs["drop_path_rate"] = float(cfg.drop_path_rate)
+    use_pretrained = bool(cfg.pretrained) if pretrained is None else pretrained
+    weights_file = cfg.get("weights_file")
+    if use_pretrained and weights_file:
+        path = Path(weights_file).expanduser()
+        if not path.is_file():
+            raise FoldvisionError(f"model.weights_file={path} does not exist.")
+        # timm loads the file through its own pretrained path: the classifier is re-sized and
+        # the first conv adapted to in_chans exactly as for hub weights.
+        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+    try:
+        return timm.create_model(cfg.name, pretrained=use_pretrained, **kwargs)
+    except TypeError as e:
+        if "drop_path_rate" in str(e):
+            kwargs.pop("drop_path_rate")
+            return timm.create_model(cfg.name, pretrained=use_pretrained, **kwargs)
+        raise
+    except (OSError, RuntimeError, ValueError) as e:
+        if use_pretrained and not weights_file:
+            raise _offline_hint(cfg.name, e) from None
+        if weights_file:
+            raise FoldvisionError(f"cannot load model.weights_file={weights_file} into {cfg.name}: {e}") from None
+        raise
+
+
+def resolve_data_config(cfg: DictConfig, backbone: nn.Module, image_size: Any = None) -> dict[str, Any]:
+    """Input size, mean and std: from the config where set, else the backbone's pretrained config."""
+    import timm.data
+
+    data_cfg = timm.data.resolve_model_data_config(backbone)
+    in_chans = int(cfg.get("in_chans", 3))
+    if image_size is None:
+        size = list(data_cfg["input_size"][1:])
+    elif isinstance(image_size, int):
+        size = [image_size, image_size]
+    else:
+        size = [int(s) for s in image_size]
+    mean = list(cfg.mean) if cfg.get("mean") is not None else list(data_cfg["mean"])
+    std = list(cfg.std) if cfg.get("std") is not None else list(data_cfg["std"])
+    if in_chans == 1 and len(mean) == 3:  # grayscale: one channel with the average statistics
+        mean, std = [sum(mean) / 3], [sum(std) / 3]
+    if len(mean) != in_chans or len(std) != in_chans:
+        raise FoldvisionError(f"model.mean/std have {len(mean)}/{len(std)} values for model.in_chans={in_chans}.")
+    return {"image_size": size, "mean": [float(m) for m in mean], "std": [float(s) for s in std], "in_chans": in_chans}
+
+
+def create_classifier(model_cfg: DictConfig, num_classes: int, data_config: dict[str, Any] | None = None, image_size: Any = None, pretrained: bool | None = None) -> tuple[Classifier, dict[str, Any]]:
+    """Backbone + normalisation. Returns the model and its resolved data config."""
+    backbone = create_backbone(model_cfg, num_classes, pretrained=pretrained)
+    data_config = data_config or resolve_data_config(model_cfg, backbone, image_size)
+    return Classifier(backbone, data_config["mean"], data_config["std"]), data_config

@@ -1,0 +1,373 @@
+"""predict.py: every fold model of every run, fed from one decoded test batch, averaged (with TTA)
+into probabilities and a submission file in the competition's format.
+
+Writes into <first run>/predictions/ (or beside `out`):
+    submission.csv   the file to upload
+    probs.npy        ensemble probabilities (rows in submission order)
+    probs.csv        the same with ids and class names
+    thresholds.json  multi-label thresholds used (tuned on OOF with threshold=oof)
+    ensemble.json    OOF score of the ensemble next to each member run
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from foldvision.config import load_run_config
+from foldvision.ensemble import combine, tune_thresholds
+from foldvision.errors import FoldvisionError
+from foldvision.io import read_json, write_csv, write_json, write_npy
+from foldvision.tasks import Task, create_task
+
+log = logging.getLogger("foldvision")
+
+
+@dataclass
+class RunInfo:
+    """A finished training run: its config, task, fold checkpoints and OOF predictions."""
+
+    path: Path
+    cfg: DictConfig
+    task: Task
+    data_config: dict[str, Any]
+    checkpoints: dict[int, Path] = field(default_factory=dict)
+
+    @property
+    def input_key(self) -> tuple[int, int, int]:
+        h, w = self.data_config["image_size"]
+        return (int(h), int(w), int(self.data_config["in_chans"]))
+
+
+def load_run(path: Path, checkpoint: str = "best", folds: list[int] | None = None, allow_missing: bool = False) -> RunInfo:
+    """Read a run folder; raise (listing them) if any wanted fold has no checkpoint."""
+    cfg = load_run_config(path)
+    if not (path / "classes.json").is_file() or not (path / "data_config.json").is_file():
+        raise FoldvisionError(f"{path}: classes.json / data_config.json missing; was a fold of this run trained?")
+    classes = read_json(path / "classes.json")["classes"]
+    task = create_task(cfg.task, classes)
+    run = RunInfo(path, cfg, task, read_json(path / "data_config.json"))
+    wanted = folds if folds is not None else list(range(int(cfg.cv.n_folds)))
+    missing = []
+    for k in wanted:
+        ckpt = path / f"fold_{k}" / f"{checkpoint}.ckpt"
+        if ckpt.is_file() and (checkpoint == "last" or (path / f"fold_{k}" / "result.json").is_file()):
+            run.checkpoints[k] = ckpt
+        else:
+            missing.append(k)
+    if missing and (not allow_missing or not run.checkpoints):
+        raise FoldvisionError(
+            f"{path}: fold(s) {missing} have no finished {checkpoint}.ckpt. Train them (rerun with resume={path}), "
+            "choose folds=[...], or set allow_missing_folds=true to predict with the folds there are."
+        )
+    if missing:
+        log.warning("%s: fold(s) %s missing; predicting with folds %s", path, missing, sorted(run.checkpoints))
+    return run
+
+
+def load_fold_model(run: RunInfo, fold: int, device: torch.device, fuse: bool = True) -> torch.nn.Module:
+    """Rebuild the fold's model from the run config and load its weights (weights_only=True)."""
+    from foldvision.models.backbone import create_classifier
+
+    model, _ = create_classifier(run.cfg.model, run.task.num_outputs, data_config=run.data_config, pretrained=False)
+    ckpt = torch.load(run.checkpoints[fold], map_location="cpu", weights_only=True)
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    model.eval()
+    if fuse:
+        from timm.utils.model import reparameterize_model
+
+        model = reparameterize_model(model)  # RepVGG & co: branches fused into one conv
+    return model.to(device)
+
+
+class MultiSizeDataset(torch.utils.data.Dataset):
+    """Decodes each image once and returns it resized for every distinct model input (h, w, c)."""
+
+    def __init__(self, paths: list[str], keys: list[tuple[int, int, int]]) -> None:
+        from foldvision.data.transforms import eval_transform
+
+        self.paths = paths
+        self.keys = sorted(set(keys))
+        self.transforms = {k: eval_transform(k[:2]) for k in self.keys}
+        self.channels = sorted({k[2] for k in self.keys})
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        from foldvision.data.images import load_image
+
+        decoded = {c: load_image(self.paths[i], c) for c in self.channels}
+        out = {}
+        for key in self.keys:
+            img = self.transforms[key](image=decoded[key[2]])["image"]
+            if img.ndim == 2:
+                img = img[:, :, None]
+            out["x".join(map(str, key))] = torch.from_numpy(np.require(img, requirements=["C", "W"])).permute(2, 0, 1)
+        return out
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FoldvisionError("device=cuda but no CUDA GPU is visible; use device=cpu.")
+    return torch.device(name)
+
+
+def _test_table(cfg: DictConfig, run: RunInfo) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Test ids/paths (from the run's data config, overridable) and the sample submission."""
+    from foldvision.data.sources import read_test_table
+
+    data_cfg = OmegaConf.create(OmegaConf.to_container(run.cfg.data))
+    for key in ("test_csv", "test_image_dir", "sample_submission"):
+        if cfg.get(key) is not None:
+            data_cfg[key] = str(Path(cfg[key]).absolute())
+    test = read_test_table(data_cfg)
+    if test is None or test.empty:
+        raise FoldvisionError(
+            f"no test images: the run's data has no test set. Give test_csv=FILE (ids) with test_image_dir=DIR, "
+            f"or put images in {Path(data_cfg.root) / 'test'} (folder layout)."
+        )
+    sample = None
+    if data_cfg.get("sample_submission"):
+        sp = Path(data_cfg.sample_submission)
+        sp = sp if sp.is_absolute() else Path(data_cfg.root) / sp
+        if not sp.is_file():
+            raise FoldvisionError(f"sample_submission {sp} not found.")
+        sample = pd.read_csv(sp, dtype=str, keep_default_na=False)
+        missing = sorted(set(sample.iloc[:, 0]) - set(test["id"]))
+        if missing:
+            raise FoldvisionError(f"{sp}: {len(missing)} id(s) have no test image, e.g. {missing[:5]}. Check test_image_dir.")
+    return test, sample
+
+
+def _oof(run: RunInfo) -> pd.DataFrame:
+    path = run.path / "oof.csv"
+    if not path.is_file():
+        raise FoldvisionError(f"{path} missing: the run has no out-of-fold predictions yet.")
+    return pd.read_csv(path, dtype={"id": str})
+
+
+def _thresholds(cfg: DictConfig, task: Task, oof_probs: np.ndarray | None, oof_targets: np.ndarray | None) -> np.ndarray | None:
+    if task.name != "multilabel":
+        return None
+    t = cfg.get("threshold")
+    n = task.num_outputs
+    if t is None:
+        return np.full(n, task.threshold, dtype=np.float32)
+    if isinstance(t, str):
+        if t != "oof":
+            raise FoldvisionError(f"threshold={t!r}: give a number, a list per label, or oof.")
+        if oof_probs is None:
+            raise FoldvisionError("threshold=oof needs the runs' oof.csv files.")
+        return tune_thresholds(task, oof_probs, oof_targets, per_label=bool(cfg.threshold_per_label))
+    values = np.asarray(OmegaConf.to_container(t) if OmegaConf.is_config(t) else t, dtype=np.float32).reshape(-1)
+    if values.size == 1:
+        return np.full(n, float(values[0]), dtype=np.float32)
+    if values.size != n:
+        raise FoldvisionError(f"threshold has {values.size} values for {n} labels.")
+    return values
+
+
+def oof_ensemble(cfg: DictConfig, runs: list[RunInfo], weights: list[float]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The ensemble applied to the runs' OOF predictions (rows every run has), with member scores."""
+    task = runs[0].task
+    oofs = [_oof(r).set_index("id") for r in runs]
+    common = oofs[0].index
+    for o in oofs[1:]:
+        common = common.intersection(o.index)
+    if len(common) == 0:
+        raise FoldvisionError("the runs' oof.csv files share no ids: were they trained on the same data?")
+    oofs = [o.loc[common] for o in oofs]
+    targets = task.targets_from_columns(oofs[0])
+    member_probs = [o[task.prob_columns()].to_numpy(dtype=np.float32) for o in oofs]
+    probs = combine(member_probs, weights, cfg.average, multiclass=task.name == "multiclass")
+    report = {"rows": len(common), "members": {str(r.path): task.score(p, targets) for r, p in zip(runs, member_probs)}}
+    return probs, targets, report
+
+
+def format_submission(task: Task, ids: list[str], probs: np.ndarray, thresholds: np.ndarray | None, fmt: str, sample: pd.DataFrame | None, id_col: str) -> pd.DataFrame:
+    """The submission table: in `sample`'s ids, order and columns when given."""
+    if sample is not None:
+        id_col = sample.columns[0]
+        order = pd.Series(range(len(ids)), index=ids)
+        rows = order.loc[sample[id_col]].to_numpy()
+        ids, probs = sample[id_col].tolist(), probs[rows]
+        value_cols = list(sample.columns[1:])
+        if set(value_cols) == set(task.classes) and len(value_cols) == len(task.classes):
+            fmt = "columns" if task.name == "multilabel" else "probs"
+        elif len(value_cols) == 1:
+            fmt = "labels" if task.name == "multilabel" else ("label" if fmt in ("auto", "probs") else fmt)
+        else:
+            unknown = sorted(set(value_cols) - set(task.classes))
+            raise FoldvisionError(
+                f"sample_submission columns {value_cols[:8]} fit neither one label column nor one column per class "
+                f"(not classes: {unknown[:5]}; classes are {task.classes[:8]})."
+            )
+    else:
+        value_cols = None
+    if fmt == "auto":
+        fmt = "columns" if task.name == "multilabel" else "label"
+    out = pd.DataFrame({id_col: ids})
+    if task.name == "multiclass":
+        if fmt == "probs":
+            cols = value_cols or task.classes
+            idx = [task.classes.index(c) for c in cols]
+            for c, j in zip(cols, idx):
+                out[c] = probs[:, j]
+        elif fmt in ("label", "index"):
+            col = value_cols[0] if value_cols else "label"
+            out[col] = probs.argmax(1) if fmt == "index" else task.decode(probs)
+        else:
+            raise FoldvisionError(f"submission_format={fmt!r}: multiclass takes label | index | probs.")
+    else:
+        binary = task.decode(probs, thresholds)
+        if fmt == "columns":
+            cols = value_cols or task.classes
+            for c in cols:
+                out[c] = binary[:, task.classes.index(c)]
+        elif fmt == "labels":
+            col = value_cols[0] if value_cols else "labels"
+            out[col] = [" ".join(task.classes[j] for j in np.flatnonzero(r)) for r in binary]
+        else:
+            raise FoldvisionError(f"submission_format={fmt!r}: multilabel takes columns | labels.")
+    return out
+
+
+def run_predict(cfg: DictConfig) -> Path:
+    """Predict the test set with every fold of every run; write the submission; return its path."""
+    from foldvision.data.datamodule import make_loader
+    from foldvision.inference import predict_batches, resolve_views
+
+    run_paths = [Path(r).absolute() for r in (cfg.runs if not isinstance(cfg.runs, str) else [cfg.runs])]
+    if not run_paths:
+        raise FoldvisionError("runs=[] is empty: give at least one run folder.")
+    folds = list(cfg.folds) if cfg.get("folds") is not None else None
+    runs = [load_run(p, cfg.checkpoint, folds, bool(cfg.allow_missing_folds)) for p in run_paths]
+    task = runs[0].task
+    for r in runs[1:]:
+        if r.task.name != task.name or r.task.classes != task.classes:
+            raise FoldvisionError(
+                f"runs disagree on the task/classes: {runs[0].path} has {task.name} {task.classes[:8]}, "
+                f"{r.path} has {r.task.name} {r.task.classes[:8]}. Only runs on the same labels can be ensembled."
+            )
+    weights = list(cfg.weights) if cfg.get("weights") is not None else [1.0] * len(runs)
+    if len(weights) != len(runs):
+        raise FoldvisionError(f"weights has {len(weights)} values for {len(runs)} runs.")
+    views = resolve_views(list(cfg.tta) if cfg.get("tta") else None)
+    device = _device(cfg.device)
+
+    # OOF check first: the ensemble's CV score next to each member's, and tuned thresholds.
+    try:
+        oof_probs, oof_targets, report = oof_ensemble(cfg, runs, weights)
+    except FoldvisionError as e:
+        if cfg.get("threshold") == "oof":
+            raise
+        log.warning("no OOF ensemble check: %s", e)
+        oof_probs = oof_targets = None
+        report = {}
+    thresholds = _thresholds(cfg, task, oof_probs, oof_targets)
+    if oof_probs is not None:
+        report["ensemble"] = task.score(oof_probs, oof_targets, thresholds)
+        report.update({"average": cfg.average, "weights": weights, "thresholds": thresholds})
+
+    test, sample = _test_table(cfg, runs[0])
+    members = [(r, k) for r in runs for k in sorted(r.checkpoints)]
+    models = [load_fold_model(r, k, device, bool(cfg.fuse)) for r, k in members]
+    keys = [r.input_key for r, _ in members]
+    data_cfg = runs[0].cfg.data
+    loader = make_loader(
+        MultiSizeDataset(test["path"].tolist(), keys),
+        int(cfg.batch_size or data_cfg.batch_size),
+        int(cfg.num_workers if cfg.num_workers is not None else data_cfg.num_workers),
+    )
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        models = [m.to(memory_format=torch.channels_last) for m in models]
+    log.info("predicting %d test images with %d model(s) x %d view(s) on %s", len(test), len(models), len(views), device)
+    member_probs = predict_batches(
+        models, loader, task.activation, views, device, amp=bool(cfg.amp) and on_gpu, channels_last=on_gpu,
+        input_key=lambda i: "x".join(map(str, keys[i])),
+    )
+    # fold models of a run share the run's weight; members are combined in one step
+    member_weights = [weights[runs.index(r)] / len(r.checkpoints) for r, _ in members]
+    probs = combine(member_probs, member_weights, cfg.average, multiclass=task.name == "multiclass")
+
+    out = Path(cfg.out).absolute() if cfg.get("out") else runs[0].path / "predictions" / "submission.csv"
+    pred_dir = out.parent
+    ids = test["id"].tolist()
+    id_col = str(data_cfg.get("id_col") or "id")
+    submission = format_submission(task, ids, probs, thresholds, cfg.submission_format, sample, id_col)
+    write_npy(pred_dir / "probs.npy", probs)
+    write_csv(pred_dir / "probs.csv", pd.concat([pd.DataFrame({"id": ids}), pd.DataFrame(probs, columns=task.prob_columns())], axis=1))
+    if thresholds is not None:
+        write_json(pred_dir / "thresholds.json", {"labels": task.classes, "thresholds": thresholds})
+    answers = _answers(cfg, runs[0], task, ids)
+    if answers is not None:  # held-out labels: score the ensemble and each fold model on them
+        report["test"] = {
+            "ensemble": task.score(probs, answers, thresholds),
+            "members": {f"{r.path.name}/fold_{k}": task.score(p, answers, thresholds) for (r, k), p in zip(members, member_probs)},
+        }
+    if report.get("ensemble"):
+        write_json(pred_dir / "ensemble.json", report)
+        _print_report(report, task)
+    write_csv(out, submission)
+    log.info("wrote %s (%d rows)", out, len(submission))
+    print(f"submission: {out}")
+    return out
+
+
+def _answers(cfg: DictConfig, run: RunInfo, task: Task, ids: list[str]) -> np.ndarray | None:
+    """Targets of the test images from `test_answers` (or the run's data.test_answers), if any:
+    a CSV of id + one label column, or id + one 0/1 column per label."""
+    path = cfg.get("test_answers") or run.cfg.data.get("test_answers")
+    if not path:
+        return None
+    path = Path(path) if Path(path).is_absolute() or cfg.get("test_answers") else Path(run.cfg.data.root) / path
+    if not path.is_file():
+        raise FoldvisionError(f"test_answers file {path} not found.")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = df.set_index(df.columns[0])
+    missing = sorted(set(ids) - set(df.index))
+    if missing:
+        raise FoldvisionError(f"{path}: no answer for test id(s) {missing[:5]}.")
+    df = df.loc[ids]
+    if set(task.classes) <= set(df.columns):
+        return df[task.classes].astype(int).to_numpy(dtype=np.float32)
+    return task.encode(df.iloc[:, 0].astype(str))
+
+
+def _print_report(report: dict[str, Any], task: Task) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    metrics = list(report["ensemble"])
+    table = Table(title=f"OOF score of the ensemble ({report['rows']} rows)")
+    table.add_column("member")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for name, scores in report["members"].items():
+        table.add_row(Path(name).name, *[f"{scores[m]:.4f}" for m in metrics])
+    table.add_row("ensemble", *[f"{report['ensemble'][m]:.4f}" for m in metrics], style="bold green")
+    console = Console(width=110)
+    console.print(table)
+    if "test" in report:
+        t = Table(title="Score on the test answers")
+        t.add_column("model")
+        for m in metrics:
+            t.add_column(m, justify="right")
+        members = report["test"]["members"]
+        for name, scores in members.items():
+            t.add_row(name, *[f"{scores[m]:.4f}" for m in metrics])
+        t.add_row("mean of single models", *[f"{np.mean([s[m] for s in members.values()]):.4f}" for m in metrics], style="bold")
+        t.add_row("ensemble", *[f"{report['test']['ensemble'][m]:.4f}" for m in metrics], style="bold green")
+        console.print(t)

@@ -1,0 +1,221 @@
+"""Tasks own what differs between softmax multi-class and sigmoid multi-label classification:
+target encoding, loss, activation, metrics and decoding probabilities into submitted labels.
+The module, OOF and predict code ask the task instead of branching on its name.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from foldvision.errors import FoldvisionError
+
+
+def _sorted_classes(values: Sequence[str]) -> list[str]:
+    """Class names sorted numerically when they are all ints ("2" < "10"), else as text."""
+    uniq = sorted(set(values))
+    if all(v.lstrip("-").isdigit() for v in uniq):
+        return sorted(uniq, key=int)
+    return uniq
+
+
+class Task:
+    """Base class; `classes` is fixed once targets are encoded (or given, when rebuilding)."""
+
+    name: str
+    main_metric: str
+    metric_names: tuple[str, ...]
+
+    def __init__(self, cfg: DictConfig, classes: list[str] | None = None) -> None:
+        self.cfg = cfg
+        self.classes: list[str] = list(classes) if classes is not None else []
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.classes)
+
+    def encode(self, labels: pd.Series | pd.DataFrame, sep: str = " ") -> np.ndarray:
+        """Targets as an array (class indices, or a 0/1 matrix); sets `classes` on first use."""
+        raise NotImplementedError
+
+    def loss_fn(self, train_targets: np.ndarray | None = None) -> nn.Module:
+        raise NotImplementedError
+
+    def activation(self, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def metrics(self) -> "torchmetrics.MetricCollection":  # noqa: F821
+        raise NotImplementedError
+
+    def score(self, probs: np.ndarray, targets: np.ndarray, threshold: float | np.ndarray | None = None) -> dict[str, float]:
+        """All metrics of this task on numpy probabilities (OOF, ensembles)."""
+        raise NotImplementedError
+
+    def target_columns(self, targets: np.ndarray) -> dict[str, np.ndarray]:
+        """Columns describing the targets in oof.csv."""
+        raise NotImplementedError
+
+    def targets_from_columns(self, df: pd.DataFrame) -> np.ndarray:
+        raise NotImplementedError
+
+    def prob_columns(self) -> list[str]:
+        return [f"prob_{c}" for c in self.classes]
+
+
+class MulticlassTask(Task):
+    name = "multiclass"
+    main_metric = "accuracy"
+
+    def encode(self, labels: pd.Series | pd.DataFrame, sep: str = " ") -> np.ndarray:
+        if isinstance(labels, pd.DataFrame):
+            raise FoldvisionError(
+                "task=multiclass needs one label per image, but the data has one 0/1 column per label "
+                f"({list(labels.columns)[:5]}...). Use task=multilabel, or data=csv with a label column."
+            )
+        values = labels.astype(str).tolist()
+        if not self.classes:
+            self.classes = _sorted_classes(values)
+        index = {c: i for i, c in enumerate(self.classes)}
+        unknown = sorted(set(values) - set(index))
+        if unknown:
+            raise FoldvisionError(f"label(s) {unknown[:5]} are not among the trained classes {self.classes[:10]}.")
+        if len(self.classes) < 2:
+            raise FoldvisionError(f"task=multiclass needs at least 2 classes; found {self.classes}.")
+        return np.array([index[v] for v in values], dtype=np.int64)
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("accuracy", "f1_macro") + (("top5_accuracy",) if self.num_outputs > 5 else ())
+
+    def loss_fn(self, train_targets: np.ndarray | None = None) -> nn.Module:
+        return nn.CrossEntropyLoss(label_smoothing=float(self.cfg.get("label_smoothing") or 0.0))
+
+    def activation(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().softmax(dim=-1)
+
+    def metrics(self):
+        from torchmetrics import Accuracy, F1Score, MetricCollection
+
+        n = self.num_outputs
+        m = {"accuracy": Accuracy(task="multiclass", num_classes=n), "f1_macro": F1Score(task="multiclass", num_classes=n, average="macro")}
+        if n > 5:
+            m["top5_accuracy"] = Accuracy(task="multiclass", num_classes=n, top_k=5)
+        return MetricCollection(m)
+
+    def score(self, probs, targets, threshold=None):
+        metrics = self.metrics()
+        metrics.update(torch.from_numpy(np.asarray(probs, dtype=np.float32)), torch.from_numpy(np.asarray(targets, dtype=np.int64)))
+        return {k: float(v) for k, v in metrics.compute().items()}
+
+    def decode(self, probs: np.ndarray, threshold=None) -> np.ndarray:
+        """Predicted class names."""
+        return np.array(self.classes, dtype=object)[probs.argmax(axis=1)]
+
+    def target_columns(self, targets):
+        return {"target": np.array(self.classes, dtype=object)[targets]}
+
+    def targets_from_columns(self, df):
+        return self.encode(df["target"].astype(str))
+
+
+class MultilabelTask(Task):
+    name = "multilabel"
+    main_metric = "label_accuracy"
+    metric_names = ("label_accuracy", "exact_match", "f1_macro", "mAP")
+
+    @property
+    def threshold(self) -> float:
+        return float(self.cfg.get("threshold", 0.5))
+
+    def encode(self, labels: pd.Series | pd.DataFrame, sep: str = " ") -> np.ndarray:
+        if isinstance(labels, pd.DataFrame):
+            cols = [str(c) for c in labels.columns]
+            if not self.classes:
+                self.classes = cols
+            elif cols != self.classes:
+                raise FoldvisionError(f"label columns {cols} differ from the trained labels {self.classes}.")
+            return labels.to_numpy(dtype=np.float32)
+        lists = [[t for t in str(v).split(sep) if t] for v in labels]
+        if not self.classes:
+            self.classes = _sorted_classes([t for ts in lists for t in ts])
+        index = {c: i for i, c in enumerate(self.classes)}
+        out = np.zeros((len(lists), len(self.classes)), dtype=np.float32)
+        for r, ts in enumerate(lists):
+            for t in ts:
+                if t not in index:
+                    raise FoldvisionError(f"label {t!r} is not among the trained labels {self.classes[:10]}.")
+                out[r, index[t]] = 1.0
+        return out
+
+    def loss_fn(self, train_targets: np.ndarray | None = None) -> nn.Module:
+        pw = self.cfg.get("pos_weight")
+        if pw is None:
+            return nn.BCEWithLogitsLoss()
+        weight = torch.as_tensor(list(pw) if not isinstance(pw, (int, float)) else [pw] * self.num_outputs, dtype=torch.float32)
+        if weight.numel() != self.num_outputs:
+            raise FoldvisionError(f"task.pos_weight has {weight.numel()} values for {self.num_outputs} labels.")
+        return nn.BCEWithLogitsLoss(pos_weight=weight)
+
+    def activation(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().sigmoid()
+
+    def metrics(self):
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import MultilabelAccuracy, MultilabelAveragePrecision, MultilabelExactMatch, MultilabelF1Score
+
+        n, t = self.num_outputs, self.threshold
+        return MetricCollection(
+            {
+                "label_accuracy": MultilabelAccuracy(num_labels=n, threshold=t, average="macro"),
+                "exact_match": MultilabelExactMatch(num_labels=n, threshold=t),
+                "f1_macro": MultilabelF1Score(num_labels=n, threshold=t, average="macro"),
+                "mAP": MultilabelAveragePrecision(num_labels=n, average="macro"),
+            }
+        )
+
+    def score(self, probs, targets, threshold=None):
+        """Metrics at `threshold` (scalar or per label); thresholds are applied to the probabilities
+        directly so tuned per-label thresholds are scored exactly."""
+        probs = np.asarray(probs, dtype=np.float32)
+        targets = np.asarray(targets).astype(np.int64)
+        thr = self.threshold if threshold is None else threshold
+        pred = (probs >= np.asarray(thr, dtype=np.float32)).astype(np.int64)
+        tp = ((pred == 1) & (targets == 1)).sum(0)
+        fp = ((pred == 1) & (targets == 0)).sum(0)
+        fn = ((pred == 0) & (targets == 1)).sum(0)
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+        from torchmetrics.functional.classification import multilabel_average_precision
+
+        ap = multilabel_average_precision(torch.from_numpy(probs), torch.from_numpy(targets), num_labels=self.num_outputs, average="macro")
+        return {
+            "label_accuracy": float((pred == targets).mean(0).mean()),
+            "exact_match": float((pred == targets).all(1).mean()),
+            "f1_macro": float(f1.mean()),
+            "mAP": float(ap),
+        }
+
+    def decode(self, probs: np.ndarray, threshold=None) -> np.ndarray:
+        """0/1 matrix of predicted labels."""
+        thr = self.threshold if threshold is None else threshold
+        return (probs >= np.asarray(thr, dtype=np.float32)).astype(np.int64)
+
+    def target_columns(self, targets):
+        return {f"target_{c}": targets[:, j].astype(np.int64) for j, c in enumerate(self.classes)}
+
+    def targets_from_columns(self, df):
+        return df[[f"target_{c}" for c in self.classes]].to_numpy(dtype=np.float32)
+
+
+TASKS = {"multiclass": MulticlassTask, "multilabel": MultilabelTask}
+
+
+def create_task(cfg: DictConfig, classes: list[str] | None = None) -> Task:
+    """The task named by `cfg.name` (the `task` config group)."""
+    if cfg.name not in TASKS:
+        raise FoldvisionError(f"task={cfg.name!r} is not one of {sorted(TASKS)}.")
+    return TASKS[cfg.name](cfg, classes)

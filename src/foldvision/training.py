@@ -1,0 +1,171 @@
+"""Build a Lightning Trainer for one fold and train it (resuming from last.ckpt when present)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import DictConfig, OmegaConf
+
+from foldvision.errors import FoldvisionError
+
+# Keys of the trainer group that are foldvision's, not pl.Trainer's.
+FOLDVISION_TRAINER_KEYS = ("channels_last",)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temp file and renamed: a kill while saving never leaves a
+    truncated best.ckpt/last.ckpt. Loading uses weights_only=True (no code runs from a file)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        if not get_filesystem(path).exists(path):
+            raise FileNotFoundError(f"checkpoint {path} not found")
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class EpochSeed(pl.Callback):
+    """Reseeds every RNG at the start of each training epoch from (seed, epoch).
+
+    Shuffling, augmentation and dropout of epoch e then depend only on the seed and e, so a fold
+    resumed from last.ckpt after a crash continues exactly as an uninterrupted run would.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        s = (self.seed * 1_000_003 + trainer.current_epoch) % (2**31)
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+def quiet_lightning_logging() -> None:
+    """Route Lightning's messages through the handlers Hydra configured (console + run log) instead
+    of also through the console handler `import lightning` adds, which printed every line twice;
+    drop its advertising tips."""
+    import lightning  # noqa: F401  (adds the handler on import)
+
+    lg = logging.getLogger("lightning")
+    if logging.getLogger().hasHandlers():
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropTips())
+
+
+class EpochLog(pl.Callback):
+    """One log line per epoch with the validation metrics: readable in CI logs and log files,
+    where a live progress bar is not."""
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        parts = [f"{k}={float(v):.4f}" for k, v in sorted(m.items()) if k.startswith(("val/", "train/loss_epoch"))]
+        logging.getLogger("foldvision").info("epoch %d/%d: %s", trainer.current_epoch, trainer.max_epochs - 1, " ".join(parts))
+
+
+def _progress_bar(kind: str) -> list[pl.Callback]:
+    import sys
+
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    if kind == "rich" and not sys.stdout.isatty():  # a live bar in a log file is noise
+        return []
+    if kind == "rich":
+        return [RichProgressBar(leave=True)]
+    if kind == "tqdm":
+        return [TQDMProgressBar()]
+    return []
+
+
+def check_accelerator(trainer_cfg: DictConfig) -> None:
+    """Fail before any data loading when the asked-for device is not there."""
+    acc = str(trainer_cfg.get("accelerator", "cpu"))
+    if acc in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise FoldvisionError("trainer.accelerator=gpu but no CUDA GPU is visible. Use trainer=cpu (or trainer.accelerator=auto).")
+        devices = trainer_cfg.get("devices", 1)
+        if isinstance(devices, int) and devices > torch.cuda.device_count():
+            raise FoldvisionError(f"trainer.devices={devices} but only {torch.cuda.device_count()} GPU(s) are visible.")
+    elif acc == "tpu":
+        try:
+            import torch_xla  # noqa: F401
+        except ImportError:
+            raise FoldvisionError(
+                "trainer.accelerator=tpu needs torch-xla: install the TPU extra in its own environment "
+                '(pip install -e ".[tpu]"), or use trainer=cpu / trainer=gpu.'
+            ) from None
+
+
+def build_trainer(cfg: DictConfig, fold_dir: Path, monitor: str, mode: str = "max") -> pl.Trainer:
+    """A Trainer writing best.ckpt (by `monitor`), last.ckpt and metrics.csv into `fold_dir`."""
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    quiet_lightning_logging()
+    tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    for k in FOLDVISION_TRAINER_KEYS:
+        tcfg.pop(k, None)
+    tcfg = {k: v for k, v in tcfg.items() if v is not None}
+    cb_cfg = cfg.callbacks
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(
+            dirpath=fold_dir, filename="best", monitor=monitor, mode=mode,
+            save_last=bool(cb_cfg.checkpoint.save_last), save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False,
+        ),
+        EpochSeed(int(cfg.seed)),
+        EpochLog(),
+    ]
+    es = cb_cfg.early_stopping
+    if es.enabled:
+        es_monitor = es.monitor or monitor
+        callbacks.append(EarlyStopping(monitor=es_monitor, patience=int(es.patience), mode=es.mode or ("min" if "loss" in es_monitor else "max")))
+    loggers: list[Any] = []
+    if cfg.logger.csv:
+        loggers.append(CSVLogger(save_dir=str(fold_dir), name="", version=""))
+    if cfg.logger.tensorboard:
+        loggers.append(TensorBoardLogger(save_dir=str(fold_dir), name="tensorboard", version=""))
+    if loggers and cfg.scheduler.get("name", "none") != "none":
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    if tcfg.get("enable_progress_bar", True):
+        bars = _progress_bar(cb_cfg.progress_bar)
+        callbacks += bars
+        tcfg["enable_progress_bar"] = bool(bars)
+    return pl.Trainer(
+        default_root_dir=str(fold_dir),
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        enable_model_summary=False,
+        **tcfg,
+    )

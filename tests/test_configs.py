@@ -1,0 +1,130 @@
+"""Every config group composes, and every option of it builds the object it describes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from conftest import CONF, compose_cfg
+from foldvision.models.backbone import create_classifier
+from foldvision.models.optim import create_scheduler
+from foldvision.tasks import create_task
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if p.stem != "default")
+
+
+def test_root_config_composes() -> None:
+    cfg = compose_cfg(defaults=False)
+    assert cfg.data.name == "demo_letters" and cfg.task.name == "multilabel" and cfg.cv.n_folds == 5
+    assert cfg.model.name == "resnet10t" and cfg.seed == 42
+
+
+@pytest.mark.parametrize("name", _options("optimizer"))
+def test_optimizers(name: str) -> None:
+    cfg = compose_cfg(f"optimizer={name}")
+    opt = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(2))])
+    assert isinstance(opt, torch.optim.Optimizer)
+
+
+@pytest.mark.parametrize("name", _options("scheduler"))
+def test_schedulers(name: str) -> None:
+    cfg = compose_cfg(f"scheduler={name}")
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
+    sched = create_scheduler(cfg.scheduler, opt, steps_per_epoch=4, max_epochs=3)
+    assert (sched is None) == (name == "none")
+
+
+def test_warmup_exp_schedule_matches_recipe() -> None:
+    cfg = compose_cfg("scheduler=warmup_exp")
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))], lr=5e-5)
+    sched = create_scheduler(cfg.scheduler, opt, 10, 20, devices=1)["scheduler"]
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-5) and lrs[5] == pytest.approx(5e-5)
+    assert lrs[6] == pytest.approx((5e-5 - 1e-5) * 0.8 + 1e-5)
+
+
+@pytest.mark.parametrize("name", _options("model"))
+def test_models_build(name: str) -> None:
+    cfg = compose_cfg(f"model={name}", "model.pretrained=false")
+    model, dc = create_classifier(cfg.model, 3, image_size=None)
+    assert len(dc["image_size"]) == 2 and len(dc["mean"]) == 3
+    if name in ("test", "resnet10t", "repvgg_a0", "efficientnet_b0"):
+        out = model.eval()(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+        assert out.shape == (1, 3)
+
+
+def test_backbone_data_config_used_unless_overridden() -> None:
+    cfg = compose_cfg("model=efficientnet_b3", "model.pretrained=false")
+    _, dc = create_classifier(cfg.model, 2, image_size=None)
+    assert dc["image_size"] == [288, 288] and dc["mean"][0] == pytest.approx(0.485)
+    _, dc = create_classifier(cfg.model, 2, image_size=64)
+    assert dc["image_size"] == [64, 64]
+
+
+def test_grayscale_in_chans_1() -> None:
+    cfg = compose_cfg("model.in_chans=1")
+    model, dc = create_classifier(cfg.model, 2, image_size=32)
+    assert dc["in_chans"] == 1 and len(dc["mean"]) == 1
+    assert model(torch.zeros(2, 1, 32, 32, dtype=torch.uint8)).shape == (2, 2)
+
+
+@pytest.mark.parametrize("name", _options("task"))
+def test_tasks(name: str) -> None:
+    cfg = compose_cfg(f"task={name}")
+    task = create_task(cfg.task, ["a", "b", "c"])
+    assert task.main_metric in task.metric_names
+
+
+@pytest.mark.parametrize("group", ["augment", "trainer", "logger", "data", "cv", "callbacks", "debug"])
+def test_every_option_composes(group: str) -> None:
+    for name in _options(group):
+        compose_cfg(f"{group}={name}")
+
+
+@pytest.mark.parametrize("name", _options("augment"))
+def test_augment_pipelines_run(name: str) -> None:
+    import numpy as np
+
+    from foldvision.data.transforms import train_transform
+
+    cfg = compose_cfg(f"augment={name}")
+    out = train_transform([16, 16], cfg.augment)(image=np.zeros((20, 30, 3), np.uint8))["image"]
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8
+
+
+def test_pretrained_offline_message() -> None:
+    from foldvision.errors import FoldvisionError
+    from foldvision.models.backbone import create_backbone
+
+    cfg = compose_cfg("model=resnet10t", "model.pretrained=true")
+    import os
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        with pytest.raises(FoldvisionError, match="model.pretrained=false|model.weights_file"):
+            create_backbone(cfg.model, 2)
+    finally:
+        del os.environ["HF_HUB_OFFLINE"]
+
+
+def test_local_weights_file(tmp_path: Path) -> None:
+    """model.weights_file: timm loads a local file through its pretrained path (offline Kaggle)."""
+    import timm
+
+    from foldvision.models.backbone import create_backbone
+
+    src = timm.create_model("test_efficientnet", pretrained=False, num_classes=1000)
+    torch.save(src.state_dict(), tmp_path / "w.pth")
+    cfg = compose_cfg("model.pretrained=true", f"model.weights_file={tmp_path / 'w.pth'}")
+    model = create_backbone(cfg.model, 5)
+    assert torch.equal(model.conv_stem.weight, src.conv_stem.weight)
+    assert model.get_classifier().out_features == 5

@@ -1,0 +1,73 @@
+"""Every image mode and format decodes to uint8 HxWxC; bad files raise errors naming the file."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from foldvision.data.images import ImageReadError, load_image
+
+
+def _save(img: Image.Image, path: Path, **kw) -> Path:
+    img.save(path, **kw)
+    return path
+
+
+@pytest.mark.parametrize(
+    "mode,fmt",
+    [("L", "PNG"), ("RGB", "JPEG"), ("RGBA", "PNG"), ("P", "PNG"), ("I;16", "PNG"), ("CMYK", "JPEG"), ("RGB", "WEBP"), ("LA", "PNG")],
+)
+def test_modes_decode(tmp_path: Path, mode: str, fmt: str) -> None:
+    rng = np.random.default_rng(0)
+    base = Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8))
+    if mode == "I;16":
+        img = Image.fromarray((rng.integers(0, 65535, (12, 10))).astype(np.uint16))
+    else:
+        img = base.convert(mode)
+    path = _save(img, tmp_path / f"x.{fmt.lower()}", format=fmt)
+    for channels in (1, 3):
+        arr = load_image(path, channels)
+        assert arr.dtype == np.uint8 and arr.shape == (12, 10, channels)
+
+
+def test_16bit_png_keeps_range(tmp_path: Path) -> None:
+    ramp = np.linspace(0, 65535, 64, dtype=np.uint16).reshape(8, 8)
+    arr = load_image(_save(Image.fromarray(ramp), tmp_path / "a.png"), 1)[..., 0]
+    assert arr.min() == 0 and arr.max() == 255  # not clipped to white, not divided to black
+
+
+def test_transparent_palette_png_composited_on_white(tmp_path: Path) -> None:
+    img = Image.new("P", (4, 4), 0)
+    img.putpalette([0, 0, 0] + [255, 0, 0] * 255)
+    img.info["transparency"] = 0
+    arr = load_image(_save(img, tmp_path / "p.png", transparency=0), 3)
+    assert (arr == 255).all()  # fully transparent black -> white background
+
+
+def test_exif_orientation_respected(tmp_path: Path) -> None:
+    img = Image.fromarray(np.zeros((10, 20, 3), dtype=np.uint8))  # wide
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    arr = load_image(_save(img, tmp_path / "r.jpg", exif=exif.tobytes()), 3)
+    assert arr.shape[:2] == (20, 10)  # shown tall
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not an image", "truncated"])
+def test_bad_files_name_the_file(tmp_path: Path, content) -> None:
+    path = tmp_path / "bad.jpg"
+    if content == "truncated":
+        buf = io.BytesIO()
+        Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(buf, format="JPEG")
+        content = buf.getvalue()[:200]
+    path.write_bytes(content)
+    with pytest.raises(ImageReadError, match="bad.jpg"):
+        load_image(path)
+
+
+def test_missing_file_named(tmp_path: Path) -> None:
+    with pytest.raises(ImageReadError, match="nope.png"):
+        load_image(tmp_path / "nope.png")

@@ -1,0 +1,96 @@
+"""Each layout reads into the same table; bad tables fail with the file, key and fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import compose_cfg, multihot_overrides
+from foldvision.cv import load_cv_data
+from foldvision.data.sources import read_table
+from foldvision.errors import FoldvisionError
+
+
+def test_folder_layout(folder_data: Path) -> None:
+    cfg = compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass")
+    table = read_table(cfg.data)
+    assert len(table.train) == 30 and sorted(table.labels.unique()) == ["cat", "dog", "fox"]
+    assert len(table.test) == 4
+
+
+def test_csv_layout_ids_without_extension(csv_data: Path) -> None:
+    cfg = compose_cfg("data=csv", f"data.root={csv_data}", "task=multiclass", "data.test_csv=sample_submission.csv", "data.test_image_dir=test_images")
+    table = read_table(cfg.data)
+    assert table.train["path"].str.endswith(".jpg").all()
+    assert table.test["id"].tolist()[0] == "x0.png"  # ids keep the sample submission's spelling
+    data = load_cv_data(cfg)
+    assert data.task.classes == ["0", "1", "2"]
+
+
+def test_multihot_layout(multihot_data: Path) -> None:
+    cfg = compose_cfg(*multihot_overrides(multihot_data))
+    data = load_cv_data(cfg)
+    assert data.task.classes == ["a", "b", "c", "d"] and data.targets.shape == (24, 4)
+
+
+def test_space_separated_multilabel_csv(tmp_path: Path, csv_data: Path) -> None:
+    df = pd.read_csv(csv_data / "train.csv")
+    df["label"] = ["red sky" if i % 2 else "sky" for i in range(len(df))]
+    df.to_csv(csv_data / "train.csv", index=False)
+    cfg = compose_cfg("data=csv", f"data.root={csv_data}", "task=multilabel")
+    data = load_cv_data(cfg)
+    assert data.task.classes == ["red", "sky"] and data.targets.sum(0).tolist() == [12, 24]
+
+
+def test_missing_column_names_file_and_columns(csv_data: Path) -> None:
+    cfg = compose_cfg("data=csv", f"data.root={csv_data}", "task=multiclass", "data.label_col=breed")
+    with pytest.raises(FoldvisionError, match=r"train.csv.*\['breed'\].*columns found: \['image_id', 'label'\]"):
+        read_table(cfg.data)
+
+
+def test_missing_image_named(csv_data: Path) -> None:
+    (csv_data / "images" / "img005.jpg").unlink()
+    cfg = compose_cfg("data=csv", f"data.root={csv_data}", "task=multiclass")
+    with pytest.raises(FoldvisionError, match="img005"):
+        read_table(cfg.data)
+    cfg = compose_cfg("data=csv", f"data.root={csv_data}", "task=multiclass", "data.skip_bad=true")
+    assert len(read_table(cfg.data).train) == 23
+
+
+def test_duplicate_ids_and_empty_labels(csv_data: Path) -> None:
+    df = pd.read_csv(csv_data / "train.csv")
+    pd.concat([df, df.iloc[:1]]).to_csv(csv_data / "train.csv", index=False)
+    cfg = compose_cfg("data=csv", f"data.root={csv_data}", "task=multiclass")
+    with pytest.raises(FoldvisionError, match="duplicate id"):
+        read_table(cfg.data)
+    df.loc[3, "label"] = None
+    df.to_csv(csv_data / "train.csv", index=False)
+    with pytest.raises(FoldvisionError, match="empty label"):
+        read_table(cfg.data)
+
+
+def test_multihot_bad_value_named(multihot_data: Path) -> None:
+    df = pd.read_csv(multihot_data / "train.csv")
+    df.loc[2, "c"] = 7
+    df.to_csv(multihot_data / "train.csv", index=False)
+    with pytest.raises(FoldvisionError, match=r"'c' must hold 0 or 1"):
+        read_table(compose_cfg(*multihot_overrides(multihot_data)).data)
+
+
+def test_multiclass_on_multihot_data_is_refused(multihot_data: Path) -> None:
+    cfg = compose_cfg(*multihot_overrides(multihot_data), "task=multiclass")
+    with pytest.raises(FoldvisionError, match="task=multilabel"):
+        load_cv_data(cfg)
+
+
+def test_builtin_datasets_written_once(tmp_path: Path) -> None:
+    cfg = compose_cfg(f"paths.data_dir={tmp_path}")
+    t1 = read_table(cfg.data)
+    assert len(t1.train) == 2000 and len(t1.test) == 500 and list(t1.labels.columns) == [str(d) for d in range(10)]
+    mtime = (tmp_path / "demo_letters" / "train.csv").stat().st_mtime
+    read_table(cfg.data)
+    assert (tmp_path / "demo_letters" / "train.csv").stat().st_mtime == mtime
+    digits = read_table(compose_cfg(f"paths.data_dir={tmp_path}", "data=demo_digits", "task=multiclass").data)
+    assert sorted(digits.labels.unique(), key=int) == [str(d) for d in range(10)] and len(digits.test) == 397

@@ -1,0 +1,94 @@
+"""Real (tiny) K-fold training on CPU for both tasks and every data source."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import compose_cfg, multihot_overrides
+from foldvision.cv import run_cv
+from foldvision.errors import FoldvisionError
+
+
+def _check_run(run_dir: Path, n_rows: int, folds: list[int], metric: str) -> dict:
+    summary = json.loads((run_dir / "cv_summary.json").read_text())
+    assert summary["folds_done"] == folds and summary["main_metric"] == metric
+    assert 0.0 <= summary["oof"][metric] <= 1.0
+    oof = pd.read_csv(run_dir / "oof.csv")
+    assert len(oof) == n_rows and oof["id"].is_unique
+    for k in folds:
+        for name in ("best.ckpt", "last.ckpt", "metrics.csv", "result.json", "oof.csv"):
+            assert (run_dir / f"fold_{k}" / name).is_file(), name
+    return summary
+
+
+def test_multiclass_folder_full_cv(folder_data: Path, tmp_path: Path) -> None:
+    cfg = compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3", "trainer.max_epochs=2")
+    score = run_cv(cfg, tmp_path / "run")
+    summary = _check_run(tmp_path / "run", 30, [0, 1, 2], "accuracy")
+    assert score == summary["oof"]["accuracy"]
+    assert set(summary["oof"]) == {"accuracy", "f1_macro"}
+    oof = pd.read_csv(tmp_path / "run" / "oof.csv")
+    assert list(oof.columns) == ["id", "fold", "target", "prob_cat", "prob_dog", "prob_fox"]
+    assert oof[["prob_cat", "prob_dog", "prob_fox"]].sum(axis=1).round(4).eq(1).all()
+
+
+def test_multilabel_multihot(multihot_data: Path, tmp_path: Path) -> None:
+    cfg = compose_cfg(*multihot_overrides(multihot_data), "cv.folds=[0,2]")
+    run_cv(cfg, tmp_path / "run")
+    folds = pd.read_csv(multihot_data / "folds" / "multilabel_stratified_k5_seed42.csv")
+    summary = _check_run(tmp_path / "run", int(folds.fold.isin([0, 2]).sum()), [0, 2], "label_accuracy")
+    assert set(summary["oof"]) == {"label_accuracy", "exact_match", "f1_macro", "mAP"}
+    assert not summary["complete"]
+
+
+def test_csv_source_with_sgd_step(csv_data: Path, tmp_path: Path) -> None:
+    cfg = compose_cfg("data=csv", f"data.root={csv_data}", "task=multiclass", "cv.fold=1", "optimizer=sgd", "scheduler=step", "augment=strong", "cv.n_folds=3")
+    run_cv(cfg, tmp_path / "run")
+    _check_run(tmp_path / "run", 8, [1], "accuracy")
+
+
+def test_rerun_skips_finished_folds(folder_data: Path, tmp_path: Path) -> None:
+    cfg = compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.folds=[0]")
+    run_cv(cfg, tmp_path / "run")
+    ckpt = tmp_path / "run" / "fold_0" / "best.ckpt"
+    before = ckpt.stat().st_mtime_ns
+    run_cv(compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.folds=[0,1]"), tmp_path / "run")
+    assert ckpt.stat().st_mtime_ns == before  # fold 0 not retrained
+    _check_run(tmp_path / "run", 12, [0, 1], "accuracy")
+
+
+def test_resume_with_other_config_is_refused(folder_data: Path, tmp_path: Path) -> None:
+    base = ["data=folder", f"data.root={folder_data}", "task=multiclass", "cv.folds=[0]"]
+    run_cv(compose_cfg(*base), tmp_path / "run")
+    with pytest.raises(FoldvisionError, match=r"optimizer.lr: 0.001 -> 0.5"):
+        run_cv(compose_cfg(*base, "optimizer.lr=0.5"), tmp_path / "run")
+    run_cv(compose_cfg(*base, "trainer.max_epochs=2", f"resume={tmp_path / 'run'}"))  # safe key: allowed
+
+
+def test_validation_class_absent_from_training(tmp_path: Path, folder_data: Path) -> None:
+    # one 'owl' image: with plain kfold it lands in a validation fold with no owl to train on
+    import shutil
+
+    (folder_data / "train" / "owl").mkdir()
+    shutil.copy(folder_data / "train" / "cat" / "cat_0.png", folder_data / "train" / "owl" / "owl_0.png")
+    cfg = compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.strategy=kfold")
+    with pytest.raises(FoldvisionError, match=r"\['owl'\] appear in validation but not in training"):
+        run_cv(cfg, tmp_path / "run")
+
+
+def test_unwritable_run_dir(folder_data: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cfg = compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass")
+    with pytest.raises(FoldvisionError, match="cannot write to the run folder"):
+        run_cv(cfg, blocker / "run")
+
+
+def test_gpu_without_gpu_fails_before_data(tmp_path: Path) -> None:
+    cfg = compose_cfg("trainer=gpu", "data.root=/nonexistent")
+    with pytest.raises(FoldvisionError, match="trainer=cpu"):
+        run_cv(cfg, tmp_path / "run")
