@@ -141,7 +141,7 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
     dm = FoldDataModule(
         paths[is_train].tolist(), data.targets[is_train], paths[is_val].tolist(), data.targets[is_val],
         train_transform(size, cfg.get("augment")), eval_transform(size),
-        int(cfg.data.batch_size), int(cfg.data.num_workers), channels,
+        int(cfg.data.batch_size), int(cfg.data.num_workers), channels, seed=int(cfg.seed),
     )
     module = ClassifierModule(model, data.task, cfg.optimizer, cfg.scheduler, bool(cfg.trainer.get("channels_last", False)))
     monitor = f"val/{data.task.main_metric}"

@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from foldvision.data.images import ImageReadError, load_image
 
@@ -24,7 +24,12 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, Any]:
+        if isinstance(item, tuple):  # (index, augmentation seed) from EpochSampler
+            i, seed = item
+            self.transform.set_random_seed(seed)
+        else:
+            i = item
         path = self.paths[i]
         image = load_image(path, self.channels)
         try:
@@ -37,11 +42,38 @@ class ImageDataset(Dataset):
         return x, (self.targets[i] if self.targets is not None else i)
 
 
-def make_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
+class EpochSampler(Sampler):
+    """Shuffled indices of epoch e drawn from (seed, e) alone, each with its own augmentation seed.
+
+    Albumentations keeps its own RNG, untouched by global seeding, and workers hold copies of it;
+    seeding every sample from the sampler makes augmentation independent of workers and of the
+    process history. So an epoch resumed from a checkpoint sees the same order and augmentations
+    as in an uninterrupted run.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int = 0) -> None:
+        self.n, self.seed, self.epoch = n, seed, epoch
+
+    def set_epoch(self, epoch: int) -> None:  # called by Lightning before each epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=g).tolist()
+        return iter(zip(order, seeds))
+
+
+def make_loader(dataset: Dataset, batch_size: int, num_workers: int, sampler: Sampler | None = None, drop_last: bool = False) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=sampler,
+        # its own generator: creating the iterator must not consume the global RNG (dropout)
+        generator=torch.Generator().manual_seed(0),
         drop_last=drop_last,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
@@ -63,8 +95,10 @@ class FoldDataModule(pl.LightningDataModule):
         batch_size: int,
         num_workers: int,
         channels: int = 3,
+        seed: int = 0,
     ) -> None:
         super().__init__()
+        self.seed = seed
         self.train_set = ImageDataset(train_paths, train_targets, train_transform, channels)
         self.val_set = ImageDataset(val_paths, val_targets, eval_transform, channels)
         self.batch_size = batch_size
@@ -73,7 +107,10 @@ class FoldDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # drop_last only when it drops a small remainder: a batch of 1 breaks BatchNorm
         drop_last = len(self.train_set) % self.batch_size == 1
-        return make_loader(self.train_set, self.batch_size, self.num_workers, shuffle=True, drop_last=drop_last)
+        # on resume the trainer has restored its epoch before asking for the loader
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        sampler = EpochSampler(len(self.train_set), self.seed, epoch)
+        return make_loader(self.train_set, self.batch_size, self.num_workers, sampler=sampler, drop_last=drop_last)
 
     def val_dataloader(self) -> DataLoader:
         return make_loader(self.val_set, self.batch_size, self.num_workers)
