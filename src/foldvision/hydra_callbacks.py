@@ -27,9 +27,11 @@ def summarize_sweep(sweep_dir: Path) -> Path | None:
     jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / "config.yaml").is_file()), key=lambda p: p.name)
     if not jobs:
         return None
+    overrides = {job: _member_overrides(job) for job in jobs}
+    shared = set.intersection(*(set(o) for o in overrides.values()))  # the command's fixed part
     groups: dict[tuple[str, ...], list[Path]] = {}
     for job in jobs:
-        key = tuple(sorted(o for o in _member_overrides(job) if not o.startswith(("cv.fold=", "cv.folds="))))
+        key = tuple(o for o in overrides[job] if o not in shared and not o.startswith(("cv.fold=", "cv.folds=")))
         groups.setdefault(key, []).append(job)
     rows: list[dict[str, Any]] = []
     for key, members in groups.items():

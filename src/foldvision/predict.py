@@ -129,7 +129,9 @@ def _test_table(cfg: DictConfig, run: RunInfo) -> tuple[pd.DataFrame, pd.DataFra
 
     data_cfg = OmegaConf.create(OmegaConf.to_container(run.cfg.data))
     for key in ("test_csv", "test_image_dir", "sample_submission"):
-        if cfg.get(key) is not None:
+        if cfg.get(key) is False:  # sample_submission=false: ignore the run's sample
+            data_cfg[key] = None
+        elif cfg.get(key) is not None:
             data_cfg[key] = str(Path(cfg[key]).absolute())
     test = read_test_table(data_cfg)
     if test is None or test.empty:

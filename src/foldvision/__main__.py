@@ -1,0 +1,5 @@
+"""`python -m foldvision <command>`: the same as the `foldvision` console script."""
+
+from foldvision.cli import main
+
+main()

@@ -1,0 +1,152 @@
+"""predict.py: fold averaging, multi-run ensembles, TTA, thresholds and submission formats."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import compose_cfg, multihot_overrides
+from foldvision.cv import run_cv
+from foldvision.ensemble import combine, tune_thresholds
+from foldvision.errors import FoldvisionError
+from foldvision.predict import run_predict
+from foldvision.tasks import create_task
+
+
+def _predict_cfg(*overrides: str):
+    return compose_cfg(*overrides, config_name="predict")
+
+
+@pytest.fixture()
+def multiclass_run(folder_data: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "mc_run"
+    run_cv(compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3"), run)
+    return run
+
+
+@pytest.fixture()
+def multilabel_run(multihot_data: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "ml_run"
+    run_cv(compose_cfg(*multihot_overrides(multihot_data), "cv.n_folds=3"), run)
+    return run
+
+
+def test_fold_average_multiclass(multiclass_run: Path) -> None:
+    out = run_predict(_predict_cfg(f"runs=[{multiclass_run}]", "tta=[hflip,vflip]"))
+    sub = pd.read_csv(out)
+    assert out == multiclass_run / "predictions" / "submission.csv"
+    assert list(sub.columns) == ["id", "label"] and len(sub) == 4
+    assert set(sub["label"]) <= {"cat", "dog", "fox"}
+    probs = np.load(multiclass_run / "predictions" / "probs.npy")
+    assert probs.shape == (4, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    report = json.loads((multiclass_run / "predictions" / "ensemble.json").read_text())
+    assert report["rows"] == 30 and "accuracy" in report["ensemble"]
+
+
+def test_fold_average_equals_mean_of_single_folds(multiclass_run: Path, tmp_path: Path) -> None:
+    """The averaged probabilities are exactly the mean of each fold's own predictions."""
+    singles = []
+    for k in range(3):
+        run_predict(_predict_cfg(f"runs=[{multiclass_run}]", f"folds=[{k}]", f"out={tmp_path}/f{k}/sub.csv"))
+        singles.append(np.load(tmp_path / f"f{k}" / "probs.npy"))
+    run_predict(_predict_cfg(f"runs=[{multiclass_run}]", f"out={tmp_path}/all/sub.csv"))
+    np.testing.assert_allclose(np.load(tmp_path / "all" / "probs.npy"), np.mean(singles, axis=0), atol=1e-6)
+
+
+def test_multilabel_sample_submission_and_oof_thresholds(multilabel_run: Path, multihot_data: Path) -> None:
+    out = run_predict(_predict_cfg(f"runs=[{multilabel_run}]", "threshold=oof", "threshold_per_label=true"))
+    sub = pd.read_csv(out)
+    sample = pd.read_csv(multihot_data / "sample_submission.csv")
+    assert list(sub.columns) == list(sample.columns) and sub["index"].tolist() == sample["index"].tolist()
+    assert set(np.unique(sub[["a", "b", "c", "d"]].to_numpy())) <= {0, 1}
+    thr = json.loads((multilabel_run / "predictions" / "thresholds.json").read_text())
+    assert thr["labels"] == ["a", "b", "c", "d"] and len(thr["thresholds"]) == 4
+    # space-separated labels instead of 0/1 columns
+    out2 = run_predict(_predict_cfg(f"runs=[{multilabel_run}]", "submission_format=labels", "sample_submission=false", f"out={multilabel_run}/p2/s.csv"))
+    assert list(pd.read_csv(out2).columns) == ["index", "labels"]
+
+
+def test_multi_run_ensemble_and_report(multiclass_run: Path, folder_data: Path, tmp_path: Path) -> None:
+    other = tmp_path / "mc_run2"
+    run_cv(compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3", "optimizer=sgd"), other)
+    run_predict(_predict_cfg(f"runs=[{multiclass_run},{other}]", "weights=[2,1]", "average=geometric"))
+    report = json.loads((multiclass_run / "predictions" / "ensemble.json").read_text())
+    assert len(report["members"]) == 2 and report["weights"] == [2, 1]
+
+
+def test_missing_folds_listed(multiclass_run: Path) -> None:
+    shutil.rmtree(multiclass_run / "fold_1")
+    with pytest.raises(FoldvisionError, match=r"fold\(s\) \[1\].*allow_missing_folds=true"):
+        run_predict(_predict_cfg(f"runs=[{multiclass_run}]"))
+    run_predict(_predict_cfg(f"runs=[{multiclass_run}]", "allow_missing_folds=true"))
+
+
+def test_runs_with_different_classes_refused(multiclass_run: Path, multilabel_run: Path) -> None:
+    with pytest.raises(FoldvisionError, match="runs disagree"):
+        run_predict(_predict_cfg(f"runs=[{multiclass_run},{multilabel_run}]"))
+
+
+def test_bad_test_image_named(multiclass_run: Path, folder_data: Path) -> None:
+    (folder_data / "test" / "t2.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(FoldvisionError, match="t2.jpg"):
+        run_predict(_predict_cfg(f"runs=[{multiclass_run}]"))
+
+
+def test_sample_submission_ids_must_exist(multilabel_run: Path, multihot_data: Path) -> None:
+    sample = pd.read_csv(multihot_data / "sample_submission.csv")
+    sample.loc[0, "index"] = 999
+    sample.to_csv(multihot_data / "other_sample.csv", index=False)
+    with pytest.raises(FoldvisionError, match="999"):
+        run_predict(_predict_cfg(f"runs=[{multilabel_run}]", f"sample_submission={multihot_data / 'other_sample.csv'}", f"test_csv={multihot_data / 'sample_submission.csv'}"))
+
+
+def test_combine_methods() -> None:
+    a = np.array([[0.9, 0.1], [0.2, 0.8]])
+    b = np.array([[0.5, 0.5], [0.4, 0.6]])
+    np.testing.assert_allclose(combine([a, b]), (a + b) / 2, atol=1e-6)
+    np.testing.assert_allclose(combine([a, b], [3, 1]), 0.75 * a + 0.25 * b, atol=1e-6)
+    g = combine([a, b], method="geometric", multiclass=True)
+    np.testing.assert_allclose(g.sum(1), 1, atol=1e-6)
+    r = combine([a, b], method="rank")
+    assert r[0, 0] > r[1, 0] and r[1, 1] > r[0, 1]
+
+
+def test_threshold_tuning_improves_oof() -> None:
+    rng = np.random.default_rng(0)
+    targets = (rng.random((400, 3)) < 0.3).astype(np.float32)
+    probs = np.clip(targets * 0.35 + rng.random((400, 3)) * 0.3, 0, 1)  # positives sit around 0.35-0.65
+    from omegaconf import OmegaConf
+
+    task = create_task(OmegaConf.create({"name": "multilabel", "threshold": 0.5}), ["a", "b", "c"])
+    base = task.score(probs, targets)["label_accuracy"]
+    for per_label in (False, True):
+        thr = tune_thresholds(task, probs, targets, per_label=per_label)
+        assert task.score(probs, targets, thr)["label_accuracy"] > base
+
+
+def test_repvgg_fused_matches_unfused() -> None:
+    """RepVGG reparameterised for inference gives the same outputs (tolerance 1e-4)."""
+    import timm
+    from timm.utils.model import reparameterize_model
+
+    torch.manual_seed(0)
+    model = timm.create_model("repvgg_a0", pretrained=False, num_classes=5).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, as after training
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        fused = reparameterize_model(model)
+        out = fused(x)
+    n_convs = lambda m: sum(isinstance(c, torch.nn.Conv2d) for c in m.modules())  # noqa: E731
+    assert n_convs(fused) < n_convs(model)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
