@@ -125,7 +125,8 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
     from foldvision.data.datamodule import FoldDataModule, ImageDataset, make_loader
     from foldvision.data.transforms import eval_transform, train_transform
     from foldvision.inference import predict_batches
-    from foldvision.models.backbone import create_classifier
+    from foldvision.models.backbone import classifier_state, create_classifier
+    from foldvision.models.mixing import create_mixer
     from foldvision.models.module import ClassifierModule
     from foldvision.training import build_trainer
 
@@ -142,8 +143,18 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
         paths[is_train].tolist(), data.targets[is_train], paths[is_val].tolist(), data.targets[is_val],
         train_transform(size, cfg.get("augment")), eval_transform(size),
         int(cfg.data.batch_size), int(cfg.data.num_workers), channels, seed=int(cfg.seed),
+        sampler=str(cfg.data.get("sampler") or "random"),
     )
-    module = ClassifierModule(model, data.task, cfg.optimizer, cfg.scheduler, bool(cfg.trainer.get("channels_last", False)))
+    aug = cfg.get("augment")
+    module = ClassifierModule(
+        model, data.task, cfg.optimizer, cfg.scheduler,
+        channels_last=bool(cfg.trainer.get("channels_last", False)),
+        loss_fn=data.task.loss_fn(data.targets[is_train]),
+        mixer=create_mixer(aug, data.task.name, data.task.num_outputs, float(cfg.task.get("label_smoothing") or 0.0)),
+        mix_off_epochs=int(aug.get("mix_off_epochs") or 0) if aug is not None else 0,
+        ema_decay=float(cfg.model.ema_decay) if cfg.model.get("ema") else None,
+        freeze_epochs=int(cfg.model.get("freeze_epochs") or 0),
+    )
     monitor = f"val/{data.task.main_metric}"
     trainer = build_trainer(cfg, fold_dir, monitor)
     last = fold_dir / "last.ckpt"
@@ -155,10 +166,11 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
 
     best = Path(trainer.checkpoint_callback.best_model_path or last)
     ckpt = torch.load(best, map_location="cpu", weights_only=True)
-    module.load_state_dict(ckpt["state_dict"])
-    module.eval()
+    model = module.model.to("cpu")
+    model.load_state_dict(classifier_state(ckpt["state_dict"]))  # the EMA weights when kept
+    model.eval()
     loader = make_loader(ImageDataset(paths[is_val].tolist(), None, eval_transform(size), channels), int(cfg.data.batch_size), int(cfg.data.num_workers))
-    (probs,) = predict_batches([module.model.to("cpu")], loader, data.task.activation)
+    (probs,) = predict_batches([model], loader, data.task.activation)
     val_targets = data.targets[is_val]
     scores = data.task.score(probs, val_targets)
 

@@ -77,9 +77,10 @@ def load_fold_model(run: RunInfo, fold: int, device: torch.device, fuse: bool = 
     from foldvision.models.backbone import create_classifier
 
     model, _ = create_classifier(run.cfg.model, run.task.num_outputs, data_config=run.data_config, pretrained=False)
+    from foldvision.models.backbone import classifier_state
+
     ckpt = torch.load(run.checkpoints[fold], map_location="cpu", weights_only=True)
-    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
+    model.load_state_dict(classifier_state(ckpt["state_dict"]))
     model.eval()
     if fuse:
         from timm.utils.model import reparameterize_model

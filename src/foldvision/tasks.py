@@ -49,6 +49,10 @@ class Task:
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def soft_loss(self, logits: torch.Tensor, soft_targets: torch.Tensor, loss_fn: nn.Module) -> torch.Tensor:
+        """Loss against mixed (CutMix/MixUp) targets; label smoothing is already in them."""
+        return loss_fn(logits, soft_targets)
+
     def metrics(self) -> "torchmetrics.MetricCollection":  # noqa: F821
         raise NotImplementedError
 
@@ -93,7 +97,33 @@ class MulticlassTask(Task):
         return ("accuracy", "f1_macro") + (("top5_accuracy",) if self.num_outputs > 5 else ())
 
     def loss_fn(self, train_targets: np.ndarray | None = None) -> nn.Module:
-        return nn.CrossEntropyLoss(label_smoothing=float(self.cfg.get("label_smoothing") or 0.0))
+        return nn.CrossEntropyLoss(weight=self.class_weights(train_targets), label_smoothing=float(self.cfg.get("label_smoothing") or 0.0))
+
+    def class_weights(self, train_targets: np.ndarray | None) -> torch.Tensor | None:
+        """task.class_weights: null | balanced (n / (k * count), sklearn's rule) | one weight per class."""
+        cw = self.cfg.get("class_weights")
+        if cw is None:
+            return None
+        if cw == "balanced":
+            if train_targets is None:
+                return None  # rebuilt for inference: weights only matter in training
+            counts = np.bincount(train_targets, minlength=self.num_outputs).astype(np.float64)
+            w = len(train_targets) / (self.num_outputs * np.maximum(counts, 1))
+            return torch.tensor(w, dtype=torch.float32)
+        if isinstance(cw, str):
+            raise FoldvisionError(f"task.class_weights={cw!r}: use null, balanced, or a list of {self.num_outputs} numbers.")
+        w = torch.tensor(list(cw), dtype=torch.float32)
+        if w.numel() != self.num_outputs:
+            raise FoldvisionError(f"task.class_weights has {w.numel()} values for {self.num_outputs} classes {self.classes[:10]}.")
+        return w
+
+    def soft_loss(self, logits, soft_targets, loss_fn):
+        weight = getattr(loss_fn, "weight", None)
+        logp = logits.float().log_softmax(dim=-1)
+        per_class = -(soft_targets * logp)
+        if weight is not None:
+            per_class = per_class * weight
+        return per_class.sum(dim=-1).mean()
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().softmax(dim=-1)

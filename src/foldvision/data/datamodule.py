@@ -49,21 +49,52 @@ class EpochSampler(Sampler):
     seeding every sample from the sampler makes augmentation independent of workers and of the
     process history. So an epoch resumed from a checkpoint sees the same order and augmentations
     as in an uninterrupted run.
+
+    Modes for imbalanced classes (`data.sampler`):
+    - random:      every image once per epoch
+    - weighted:    as many draws, with replacement, each class equally likely (WeightedRandomSampler's rule)
+    - undersample: every epoch a fresh random subset with each class cut to the smallest class's count
     """
 
-    def __init__(self, n: int, seed: int, epoch: int = 0) -> None:
-        self.n, self.seed, self.epoch = n, seed, epoch
+    MODES = ("random", "weighted", "undersample")
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, mode: str = "random", classes: np.ndarray | None = None) -> None:
+        from foldvision.errors import FoldvisionError
+
+        if mode not in self.MODES:
+            raise FoldvisionError(f"data.sampler={mode!r} is not one of {self.MODES}.")
+        if mode != "random" and (classes is None or classes.ndim != 1):
+            raise FoldvisionError(f"data.sampler={mode} balances classes: it needs task=multiclass.")
+        self.n, self.seed, self.epoch, self.mode, self.classes = n, seed, epoch, mode, classes
+        if mode == "undersample":
+            counts = np.bincount(classes)
+            self.length = int(counts[counts > 0].min()) * int((counts > 0).sum())
+        else:
+            self.length = n
 
     def set_epoch(self, epoch: int) -> None:  # called by Lightning before each epoch
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return self.length
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
-        seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=g).tolist()
+        if self.mode == "weighted":
+            counts = np.bincount(self.classes)
+            weights = torch.as_tensor(1.0 / counts[self.classes], dtype=torch.double)
+            order = torch.multinomial(weights, self.n, replacement=True, generator=g).tolist()
+        elif self.mode == "undersample":
+            per_class = self.length // int((np.bincount(self.classes) > 0).sum())
+            keep = []
+            for c in np.unique(self.classes):
+                members = torch.as_tensor(np.flatnonzero(self.classes == c))
+                keep.append(members[torch.randperm(len(members), generator=g)[:per_class]])
+            chosen = torch.cat(keep)
+            order = chosen[torch.randperm(len(chosen), generator=g)].tolist()
+        else:
+            order = torch.randperm(self.n, generator=g).tolist()
+        seeds = torch.randint(0, 2**31 - 1, (len(order),), generator=g).tolist()
         return iter(zip(order, seeds))
 
 
@@ -96,9 +127,11 @@ class FoldDataModule(pl.LightningDataModule):
         num_workers: int,
         channels: int = 3,
         seed: int = 0,
+        sampler: str = "random",
     ) -> None:
         super().__init__()
         self.seed = seed
+        self.sampler = sampler
         self.train_set = ImageDataset(train_paths, train_targets, train_transform, channels)
         self.val_set = ImageDataset(val_paths, val_targets, eval_transform, channels)
         self.batch_size = batch_size
@@ -106,10 +139,10 @@ class FoldDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         # drop_last only when it drops a small remainder: a batch of 1 breaks BatchNorm
-        drop_last = len(self.train_set) % self.batch_size == 1
         # on resume the trainer has restored its epoch before asking for the loader
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        sampler = EpochSampler(len(self.train_set), self.seed, epoch)
+        sampler = EpochSampler(len(self.train_set), self.seed, epoch, self.sampler, self.train_set.targets)
+        drop_last = len(sampler) % self.batch_size == 1
         return make_loader(self.train_set, self.batch_size, self.num_workers, sampler=sampler, drop_last=drop_last)
 
     def val_dataloader(self) -> DataLoader:

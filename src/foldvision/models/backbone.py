@@ -105,3 +105,13 @@ def create_classifier(model_cfg: DictConfig, num_classes: int, data_config: dict
     backbone = create_backbone(model_cfg, num_classes, pretrained=pretrained)
     data_config = data_config or resolve_data_config(model_cfg, backbone, image_size)
     return Classifier(backbone, data_config["mean"], data_config["std"]), data_config
+
+
+def classifier_state(state_dict: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
+    """The Classifier's weights from a LightningModule checkpoint: the EMA copy when training kept
+    one (model.ema=true), else the trained weights."""
+    for prefix in ("ema.module.", "model."):
+        state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if state:
+            return state
+    raise FoldvisionError("checkpoint holds no model weights (no 'model.' or 'ema.module.' keys).")

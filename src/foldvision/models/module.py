@@ -1,8 +1,9 @@
-"""The LightningModule: one model, one task, optimiser and schedule from config."""
+"""The LightningModule: one model, one task, optimiser and schedule from config, with optional
+CutMix/MixUp, EMA of weights and a frozen backbone for the first epochs."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import lightning.pytorch as pl
 import torch
@@ -19,29 +20,65 @@ class DivergenceError(FoldvisionError):
 
 
 class ClassifierModule(pl.LightningModule):
-    """Trains `model` for `task`; logs train/loss, val/loss and val/<metric> for every task metric."""
+    """Trains `model` for `task`; logs train/loss, val/loss and val/<metric> for every task metric.
 
-    def __init__(self, model: Classifier, task: Task, optimizer: DictConfig, scheduler: DictConfig, channels_last: bool = False) -> None:
+    mixer:         (images, targets) -> (mixed images, soft targets), off for the last
+                   `mix_off_epochs` epochs (training ends on clean images)
+    ema_decay:     keep timm's ModelEmaV3 of the weights; validation, checkpoints' OOF and
+                   predict.py use the EMA copy
+    freeze_epochs: train only the classifier head for the first N epochs
+    """
+
+    def __init__(
+        self,
+        model: Classifier,
+        task: Task,
+        optimizer: DictConfig,
+        scheduler: DictConfig,
+        channels_last: bool = False,
+        loss_fn: torch.nn.Module | None = None,
+        mixer: Callable | None = None,
+        mix_off_epochs: int = 0,
+        ema_decay: float | None = None,
+        freeze_epochs: int = 0,
+    ) -> None:
         super().__init__()
         self.model = model
         self.task = task
-        self.loss_fn = task.loss_fn()
+        self.loss_fn = loss_fn if loss_fn is not None else task.loss_fn()
         self.val_metrics = task.metrics()
         self.optimizer_cfg = optimizer
         self.scheduler_cfg = scheduler
         self.channels_last = channels_last
+        self.mixer = mixer
+        self.mix_off_epochs = mix_off_epochs
+        self.freeze_epochs = freeze_epochs
+        self.ema = None
+        if ema_decay:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(model, decay=float(ema_decay))
+            # ModelEmaV3 puts its copy in eval mode; Lightning switches modes itself (the copy only
+            # runs in validation) and warns about modules left in eval mode at the start of fit
+            self.ema.train()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)
 
-    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn(logits.float(), targets)
+    def _mixing(self, batch_size: int) -> bool:
+        if self.mixer is None or batch_size % 2:  # timm's Mixup pairs the batch with its reverse
+            return False
+        return self.current_epoch < (self.trainer.max_epochs or 0) - self.mix_off_epochs
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, targets = batch
-        loss = self._loss(self(images), targets)
+        if self._mixing(len(images)):
+            images, soft = self.mixer(images.float(), targets)
+            loss = self.task.soft_loss(self(images).float(), soft, self.loss_fn)
+        else:
+            loss = self.loss_fn(self(images).float(), targets)
         if not torch.isfinite(loss):
             raise DivergenceError(
                 f"training loss became {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}. The last good "
@@ -50,10 +87,25 @@ class ClassifierModule(pl.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
         return loss
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step)
+
+    def on_train_epoch_start(self) -> None:
+        if self.freeze_epochs:
+            head = {id(p) for p in self.model.backbone.get_classifier().parameters()}
+            frozen = self.current_epoch < self.freeze_epochs
+            for p in self.model.backbone.parameters():
+                if id(p) not in head:
+                    p.requires_grad_(not frozen)
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, targets = batch
-        logits = self(images)
-        self.log("val/loss", self._loss(logits, targets), on_epoch=True, prog_bar=True, batch_size=len(images), sync_dist=True)
+        model = self.ema.module if self.ema is not None else self.model
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        logits = model(images).float()
+        self.log("val/loss", self.loss_fn(logits, targets), on_epoch=True, prog_bar=True, batch_size=len(images), sync_dist=True)
         self.val_metrics.update(self.task.activation(logits), targets.long())
 
     def on_validation_epoch_end(self) -> None:
@@ -63,7 +115,8 @@ class ClassifierModule(pl.LightningModule):
         self.val_metrics.reset()
 
     def configure_optimizers(self) -> Any:
-        optimizer = create_optimizer(self.optimizer_cfg, [p for p in self.parameters() if p.requires_grad])
+        # all of the model's parameters: frozen ones get no gradient and so no update
+        optimizer = create_optimizer(self.optimizer_cfg, list(self.model.parameters()))
         steps = max(1, int(self.trainer.estimated_stepping_batches) // max(1, self.trainer.max_epochs or 1))
         sched = create_scheduler(self.scheduler_cfg, optimizer, steps, int(self.trainer.max_epochs or 1), self.trainer.world_size)
         if sched is None:
