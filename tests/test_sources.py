@@ -50,13 +50,14 @@ def test_missing_column_names_file_and_columns(csv_data: Path) -> None:
         read_table(cfg.data)
 
 
-def test_missing_image_named(csv_data: Path) -> None:
+def test_missing_image_named(csv_data: Path, tmp_path: Path) -> None:
     (csv_data / "images" / "img005.jpg").unlink()
     cfg = compose_cfg("data=csv", f"data.root={csv_data}", "task=multiclass")
     with pytest.raises(FoldvisionError, match="img005"):
         read_table(cfg.data)
     cfg = compose_cfg("data=csv", f"data.root={csv_data}", "task=multiclass", "data.skip_bad=true")
-    assert len(read_table(cfg.data).train) == 23
+    assert read_table(cfg.data).train["path"].isna().sum() == 1  # kept for the folds, dropped by the CV loop
+    assert len(load_cv_data(cfg, tmp_path).table.train) == 23
 
 
 def test_duplicate_ids_and_empty_labels(csv_data: Path) -> None:

@@ -49,38 +49,64 @@ class CVData:
     def paths(self) -> list[str]:
         return self.table.train["path"].tolist()
 
+    def dataset(self, cfg: DictConfig, data_config: dict[str, Any], rows: np.ndarray, train: bool = False):
+        """An ImageDataset of the selected rows: train or eval transforms, crop boxes, and the
+        decoded-image cache when data.cache=true (built once for the whole table)."""
+        from foldvision.data.datamodule import ImageDataset
+        from foldvision.data.sources import table_boxes
+        from foldvision.data.transforms import eval_transform, train_transform
 
-def _drop_unreadable(table: DataTable, cfg: DictConfig, run_dir: Path) -> DataTable:
-    """data.skip_bad=true: decode every image once, drop (and list) the ones that fail."""
+        size, channels = data_config["image_size"], data_config["in_chans"]
+        boxes = table_boxes(self.table.train)
+        margin = float(cfg.data.bbox.margin) if cfg.data.get("bbox") else 0.0
+        cache_file = None
+        if cfg.data.get("cache"):
+            from foldvision.data.cache import build_cache
+
+            cache_dir = cfg.data.get("cache_dir") or Path(cfg.data.root) / "cache"
+            cache_file = str(build_cache(self.paths, size, channels, cache_dir, max(2, int(cfg.data.num_workers)), boxes, margin))
+        resize = cache_file is None
+        transform = train_transform(size, cfg.get("augment"), resize) if train else eval_transform(size, resize)
+        return ImageDataset(
+            np.array(self.paths, dtype=object)[rows].tolist(), self.targets[rows], transform, channels,
+            boxes=boxes[rows] if boxes is not None else None, margin=margin,
+            cache_file=cache_file, cache_rows=np.flatnonzero(rows) if cache_file else None,
+        )
+
+
+def _drop_unreadable(data: CVData, cfg: DictConfig, run_dir: Path) -> None:
+    """data.skip_bad=true: decode every image once; rows whose image is missing or fails are
+    dropped (after the folds were assigned, so the split does not change) and listed."""
     from concurrent.futures import ThreadPoolExecutor
 
     from foldvision.data.images import ImageReadError, load_image
 
-    def check(path: str) -> str | None:
+    def check(path: str | None) -> str | None:
+        if not isinstance(path, str):  # None / NaN: the id has no image file
+            return "no image file for this id"
         try:
             load_image(path, int(cfg.model.get("in_chans", 3)))
             return None
         except ImageReadError as e:
             return str(e)
 
+    train = data.table.train
     with ThreadPoolExecutor(max_workers=4) as pool:
-        errors = list(pool.map(check, table.train["path"]))
-    bad = [(i, p, e) for i, p, e in zip(table.train["id"], table.train["path"], errors) if e]
-    rows = [(m, None, "no image file for this id") for m in (table.missing or [])] + bad
-    if rows:
-        write_csv(run_dir / "bad_images.csv", pd.DataFrame(rows, columns=["id", "path", "error"]))
-        log.warning("data.skip_bad=true: skipped %d unreadable/missing image(s), listed in %s", len(rows), run_dir / "bad_images.csv")
+        errors = list(pool.map(check, train["path"]))
     keep = np.array([e is None for e in errors])
-    table.train = table.train[keep].reset_index(drop=True)
-    table.labels = table.labels[keep].reset_index(drop=True)
-    return table
+    if keep.all():
+        return
+    bad = pd.DataFrame({"id": train["id"], "path": train["path"], "error": errors})[~keep]
+    write_csv(run_dir / "bad_images.csv", bad)
+    log.warning("data.skip_bad=true: skipped %d unreadable/missing image(s), listed in %s", len(bad), run_dir / "bad_images.csv")
+    data.table.train = train[keep].reset_index(drop=True)
+    data.table.labels = data.table.labels[keep].reset_index(drop=True)
+    data.targets, data.folds = data.targets[keep], data.folds[keep]
 
 
 def load_cv_data(cfg: DictConfig, run_dir: Path | None = None) -> CVData:
     """Read the data, encode targets with the task and load (or make) the persisted folds."""
     table = read_table(cfg.data)
-    if cfg.data.get("skip_bad") and run_dir is not None:
-        table = _drop_unreadable(table, cfg, run_dir)
     task = create_task(cfg.task)
     targets = task.encode(table.labels, sep=cfg.data.get("label_sep") or " ")
     strategy = resolve_strategy(cfg.cv.strategy, task.name)
@@ -89,7 +115,10 @@ def load_cv_data(cfg: DictConfig, run_dir: Path | None = None) -> CVData:
         cfg.cv.dir, table.train["id"].tolist(), targets, task.classes, strategy, int(cfg.cv.n_folds), int(cfg.cv.seed),
         groups=groups, regenerate=bool(cfg.cv.regenerate),
     )
-    return CVData(table, task, targets, folds, fold_file)
+    data = CVData(table, task, targets, folds, fold_file)
+    if cfg.data.get("skip_bad"):
+        _drop_unreadable(data, cfg, run_dir or Path(cfg.paths.output_dir))
+    return data
 
 
 def selected_folds(cv_cfg: DictConfig) -> list[int]:
@@ -122,8 +151,7 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
     import lightning.pytorch as pl
     import torch
 
-    from foldvision.data.datamodule import FoldDataModule, ImageDataset, make_loader
-    from foldvision.data.transforms import eval_transform, train_transform
+    from foldvision.data.datamodule import FoldDataModule, make_loader
     from foldvision.inference import predict_batches
     from foldvision.models.backbone import classifier_state, create_classifier
     from foldvision.models.mixing import create_mixer
@@ -137,13 +165,11 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
     model, data_config = create_classifier(cfg.model, data.task.num_outputs, image_size=cfg.data.get("image_size"))
     write_json(run_dir / "data_config.json", data_config)
     is_train, is_val = data.folds != fold, data.folds == fold
-    paths = np.array(data.paths, dtype=object)
-    size, channels = data_config["image_size"], data_config["in_chans"]
+    train_set = data.dataset(cfg, data_config, is_train, train=True)
+    val_set = data.dataset(cfg, data_config, is_val)
     dm = FoldDataModule(
-        paths[is_train].tolist(), data.targets[is_train], paths[is_val].tolist(), data.targets[is_val],
-        train_transform(size, cfg.get("augment")), eval_transform(size),
-        int(cfg.data.batch_size), int(cfg.data.num_workers), channels, seed=int(cfg.seed),
-        sampler=str(cfg.data.get("sampler") or "random"),
+        train_set, val_set, int(cfg.data.batch_size), int(cfg.data.num_workers),
+        seed=int(cfg.seed), sampler=str(cfg.data.get("sampler") or "random"),
     )
     aug = cfg.get("augment")
     module = ClassifierModule(
@@ -169,7 +195,8 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
     model = module.model.to("cpu")
     model.load_state_dict(classifier_state(ckpt["state_dict"]))  # the EMA weights when kept
     model.eval()
-    loader = make_loader(ImageDataset(paths[is_val].tolist(), None, eval_transform(size), channels), int(cfg.data.batch_size), int(cfg.data.num_workers))
+    val_set.targets = None  # yield row indices: predictions only
+    loader = make_loader(val_set, int(cfg.data.batch_size), int(cfg.data.num_workers))
     (probs,) = predict_batches([model], loader, data.task.activation)
     val_targets = data.targets[is_val]
     scores = data.task.score(probs, val_targets)

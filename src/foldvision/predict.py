@@ -92,10 +92,11 @@ def load_fold_model(run: RunInfo, fold: int, device: torch.device, fuse: bool = 
 class MultiSizeDataset(torch.utils.data.Dataset):
     """Decodes each image once and returns it resized for every distinct model input (h, w, c)."""
 
-    def __init__(self, paths: list[str], keys: list[tuple[int, int, int]]) -> None:
+    def __init__(self, paths: list[str], keys: list[tuple[int, int, int]], boxes: np.ndarray | None = None, margin: float = 0.0) -> None:
         from foldvision.data.transforms import eval_transform
 
         self.paths = paths
+        self.boxes, self.margin = boxes, margin
         self.keys = sorted(set(keys))
         self.transforms = {k: eval_transform(k[:2]) for k in self.keys}
         self.channels = sorted({k[2] for k in self.keys})
@@ -106,7 +107,10 @@ class MultiSizeDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         from foldvision.data.images import load_image
 
-        decoded = {c: load_image(self.paths[i], c) for c in self.channels}
+        from foldvision.data.boxes import crop
+
+        box = self.boxes[i] if self.boxes is not None else None
+        decoded = {c: crop(load_image(self.paths[i], c), box, self.margin) for c in self.channels}
         out = {}
         for key in self.keys:
             img = self.transforms[key](image=decoded[key[2]])["image"]
@@ -288,8 +292,11 @@ def run_predict(cfg: DictConfig) -> Path:
     models = [load_fold_model(r, k, device, bool(cfg.fuse)) for r, k in members]
     keys = [r.input_key for r, _ in members]
     data_cfg = runs[0].cfg.data
+    from foldvision.data.sources import table_boxes
+
+    margin = float(data_cfg.bbox.margin) if data_cfg.get("bbox") else 0.0
     loader = make_loader(
-        MultiSizeDataset(test["path"].tolist(), keys),
+        MultiSizeDataset(test["path"].tolist(), keys, table_boxes(test), margin),
         int(cfg.batch_size or data_cfg.batch_size),
         int(cfg.num_workers if cfg.num_workers is not None else data_cfg.num_workers),
     )

@@ -9,20 +9,52 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from foldvision.data.boxes import crop
 from foldvision.data.images import ImageReadError, load_image
 
 
 class ImageDataset(Dataset):
-    """Images from `paths` as uint8 CHW tensors, with targets (or the row index when there are none)."""
+    """Images as uint8 CHW tensors, with targets (or the row index when there are none).
 
-    def __init__(self, paths: Sequence[str], targets: np.ndarray | None, transform: Callable, channels: int = 3) -> None:
+    boxes:      (N, 4) x1, y1, x2, y2 to crop to before the transform (NaN rows: no crop)
+    cache_file: a `.npy` of already decoded, cropped and resized images (data/cache.py);
+                `cache_rows[i]` is row i's position in it. Opened lazily, memory-mapped, in each
+                worker process.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        targets: np.ndarray | None,
+        transform: Callable,
+        channels: int = 3,
+        boxes: np.ndarray | None = None,
+        margin: float = 0.0,
+        cache_file: str | None = None,
+        cache_rows: np.ndarray | None = None,
+    ) -> None:
         self.paths = list(paths)
         self.targets = targets
         self.transform = transform
         self.channels = channels
+        self.boxes = boxes
+        self.margin = margin
+        self.cache_file = cache_file
+        self.cache_rows = cache_rows
+        self._cache: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def _image(self, i: int) -> np.ndarray:
+        if self.cache_file is not None:
+            if self._cache is None:
+                self._cache = np.load(self.cache_file, mmap_mode="r")
+            return np.array(self._cache[self.cache_rows[i] if self.cache_rows is not None else i])
+        image = load_image(self.paths[i], self.channels)
+        if self.boxes is not None:
+            image = crop(image, self.boxes[i], self.margin)
+        return image
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, Any]:
         if isinstance(item, tuple):  # (index, augmentation seed) from EpochSampler
@@ -30,12 +62,11 @@ class ImageDataset(Dataset):
             self.transform.set_random_seed(seed)
         else:
             i = item
-        path = self.paths[i]
-        image = load_image(path, self.channels)
+        image = self._image(i)
         try:
             image = self.transform(image=image)["image"]
         except Exception as e:
-            raise ImageReadError(f"transforming image {path} (shape {image.shape}) failed: {e}") from e
+            raise ImageReadError(f"transforming image {self.paths[i]} (shape {image.shape}) failed: {e}") from e
         if image.ndim == 2:
             image = image[:, :, None]
         x = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)
@@ -113,35 +144,19 @@ def make_loader(dataset: Dataset, batch_size: int, num_workers: int, sampler: Sa
 
 
 class FoldDataModule(pl.LightningDataModule):
-    """Train and validation loaders of one fold. Built by the CV loop with the fold's rows."""
+    """Train and validation loaders of one fold, from the datasets the CV loop built."""
 
-    def __init__(
-        self,
-        train_paths: Sequence[str],
-        train_targets: np.ndarray,
-        val_paths: Sequence[str],
-        val_targets: np.ndarray,
-        train_transform: Callable,
-        eval_transform: Callable,
-        batch_size: int,
-        num_workers: int,
-        channels: int = 3,
-        seed: int = 0,
-        sampler: str = "random",
-    ) -> None:
+    def __init__(self, train_set: ImageDataset, val_set: ImageDataset, batch_size: int, num_workers: int, seed: int = 0, sampler: str = "random") -> None:
         super().__init__()
-        self.seed = seed
-        self.sampler = sampler
-        self.train_set = ImageDataset(train_paths, train_targets, train_transform, channels)
-        self.val_set = ImageDataset(val_paths, val_targets, eval_transform, channels)
-        self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.train_set, self.val_set = train_set, val_set
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.seed, self.sampler = seed, sampler
 
     def train_dataloader(self) -> DataLoader:
-        # drop_last only when it drops a small remainder: a batch of 1 breaks BatchNorm
         # on resume the trainer has restored its epoch before asking for the loader
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         sampler = EpochSampler(len(self.train_set), self.seed, epoch, self.sampler, self.train_set.targets)
+        # drop_last only when it drops a small remainder: a batch of 1 breaks BatchNorm
         drop_last = len(sampler) % self.batch_size == 1
         return make_loader(self.train_set, self.batch_size, self.num_workers, sampler=sampler, drop_last=drop_last)
 

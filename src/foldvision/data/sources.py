@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
@@ -35,7 +36,26 @@ class DataTable:
     labels: pd.Series | pd.DataFrame
     test: pd.DataFrame | None
     source: str  # the file or folder the labels came from (for error messages)
-    missing: list[str] | None = None  # ids without an image, kept only with data.skip_bad=true
+
+
+BOX_COLS = ["box_x1", "box_y1", "box_x2", "box_y2"]
+
+
+def table_boxes(df: pd.DataFrame | None) -> np.ndarray | None:
+    """The (N, 4) crop boxes of a train/test table, or None when it has none."""
+    if df is None or BOX_COLS[0] not in df:
+        return None
+    return df[BOX_COLS].to_numpy(dtype=np.float64)
+
+
+def _box_columns(cfg: DictConfig) -> list[str] | None:
+    bbox = cfg.get("bbox")
+    cols = bbox.get("columns") if bbox is not None else None
+    if not cols:
+        return None
+    if len(cols) != 4:
+        raise FoldvisionError(f"data.bbox.columns must name 4 columns (x1, y1, x2, y2); got {list(cols)}.")
+    return [str(c) for c in cols]
 
 
 def _resolve_dir(root: Path, sub: str | None) -> Path:
@@ -119,7 +139,11 @@ def _test_table(cfg: DictConfig, root: Path, default_dir: Path) -> pd.DataFrame 
         ids = df[id_col].astype(str)
         _check_unique(ids, path)
         paths, _ = _resolve_paths(ids, test_dir, path, skip_bad=False)
-        return pd.DataFrame({"id": ids.values, "path": paths.values})
+        test = pd.DataFrame({"id": ids.values, "path": paths.values})
+        cols = _box_columns(cfg)
+        if cols and set(cols) <= set(df.columns):
+            test[BOX_COLS] = df[cols].apply(pd.to_numeric, errors="coerce").to_numpy()
+        return test
     if test_dir.is_dir():
         files = sorted(e.name for e in os.scandir(test_dir) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
         if files:
@@ -128,7 +152,7 @@ def _test_table(cfg: DictConfig, root: Path, default_dir: Path) -> pd.DataFrame 
 
 
 def _read_folder(cfg: DictConfig, root: Path) -> DataTable:
-    train_dir = root / "train"
+    train_dir = root / (cfg.get("train_dir") or "train")
     if not train_dir.is_dir():
         raise FoldvisionError(
             f"folder layout expects {train_dir}/<class>/<image>; {train_dir} does not exist. "
@@ -150,7 +174,7 @@ def _read_folder(cfg: DictConfig, root: Path) -> DataTable:
 def _read_labelled_csv(cfg: DictConfig, root: Path, multihot: bool) -> DataTable:
     path = _resolve_dir(root, cfg.train_csv)
     df = _read_csv(path, "data.train_csv", dtype={cfg.id_col: str})
-    key_cols = [cfg.id_col] + ([cfg.group_col] if cfg.get("group_col") else [])
+    key_cols = [cfg.id_col] + ([cfg.group_col] if cfg.get("group_col") else []) + (_box_columns(cfg) or [])
     _require_columns(df, [cfg.id_col], path, "data.id_col")
     if cfg.get("group_col"):
         _require_columns(df, [cfg.group_col], path, "data.group_col")
@@ -187,13 +211,16 @@ def _read_labelled_csv(cfg: DictConfig, root: Path, multihot: bool) -> DataTable
         labels = raw.astype(str).str.strip().rename("label")
 
     image_dir = _resolve_dir(root, cfg.image_dir)
-    paths, missing = _resolve_paths(ids, image_dir, path, bool(cfg.skip_bad))
+    paths, _ = _resolve_paths(ids, image_dir, path, bool(cfg.skip_bad))
     train = pd.DataFrame({"id": ids.values, "path": paths.values})
+    if cols := _box_columns(cfg):
+        _require_columns(df, cols, path, "data.bbox.columns")
+        train[BOX_COLS] = df[cols].apply(pd.to_numeric, errors="coerce").to_numpy()
     if cfg.get("group_col"):
         train["group"] = df[cfg.group_col].astype(str).values
-    keep = train["path"].notna().values
-    train, labels = train[keep].reset_index(drop=True), labels[keep].reset_index(drop=True)
-    return DataTable(train, labels, _test_table(cfg, root, image_dir), str(path), missing or None)
+    # rows without an image (data.skip_bad=true) stay, path None: folds are made on the full table,
+    # so skipping images never changes the split; the CV loop drops them afterwards
+    return DataTable(train, labels, _test_table(cfg, root, image_dir), str(path))
 
 
 def read_table(cfg: DictConfig) -> DataTable:
@@ -206,12 +233,30 @@ def read_table(cfg: DictConfig) -> DataTable:
     if not root.is_dir():
         raise FoldvisionError(f"data.root={root} is not a directory. Point data.root at your dataset.")
     if cfg.source == "folder":
-        return _read_folder(cfg, root)
-    if cfg.source == "csv":
-        return _read_labelled_csv(cfg, root, multihot=False)
-    if cfg.source == "multihot":
-        return _read_labelled_csv(cfg, root, multihot=True)
-    raise FoldvisionError(f"data.source={cfg.source!r} is not one of folder | csv | multihot.")
+        table = _read_folder(cfg, root)
+    elif cfg.source in ("csv", "multihot"):
+        table = _read_labelled_csv(cfg, root, multihot=cfg.source == "multihot")
+    else:
+        raise FoldvisionError(f"data.source={cfg.source!r} is not one of folder | csv | multihot.")
+    _attach_voc_boxes(cfg, root, table.train, _train_image_dir(cfg, root))
+    return table
+
+
+def _train_image_dir(cfg: DictConfig, root: Path) -> Path:
+    return root / (cfg.get("train_dir") or "train") if cfg.source == "folder" else _resolve_dir(root, cfg.get("image_dir"))
+
+
+def _attach_voc_boxes(cfg: DictConfig, root: Path, df: pd.DataFrame | None, image_root: Path) -> None:
+    """data.bbox.voc_dir: boxes from Pascal VOC files (Stanford Dogs: Annotation/<wnid>/<id>)."""
+    bbox = cfg.get("bbox")
+    if df is None or bbox is None or not bbox.get("voc_dir"):
+        return
+    from foldvision.data.boxes import voc_boxes
+
+    voc_dir = _resolve_dir(root, bbox.voc_dir)
+    if not voc_dir.is_dir():
+        raise FoldvisionError(f"data.bbox.voc_dir={voc_dir} is not a directory.")
+    df[BOX_COLS] = voc_boxes(df["path"].tolist(), image_root, voc_dir)
 
 
 def read_test_table(cfg: DictConfig) -> pd.DataFrame | None:
@@ -221,4 +266,8 @@ def read_test_table(cfg: DictConfig) -> pd.DataFrame | None:
         default_dir = root / "test"
     else:
         default_dir = _resolve_dir(root, cfg.get("image_dir"))
-    return _test_table(cfg, root, default_dir)
+    test = _test_table(cfg, root, default_dir)
+    if test is not None and not test.empty:
+        test_dir = Path(test["path"].iloc[0]).parent
+        _attach_voc_boxes(cfg, root, test, test_dir)
+    return test

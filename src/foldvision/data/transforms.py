@@ -17,12 +17,13 @@ def _size(image_size: Sequence[int]) -> tuple[int, int]:
     return h, w
 
 
-def eval_transform(image_size: Sequence[int]):
-    """Resize to (h, w): the whole preprocessing of validation and test images."""
+def eval_transform(image_size: Sequence[int], resize: bool = True):
+    """Resize to (h, w): the whole preprocessing of validation and test images. `resize=False`
+    for images that come already resized from the image cache."""
     import albumentations as A
 
     h, w = _size(image_size)
-    return A.Compose([A.Resize(h, w, interpolation=cv2.INTER_AREA)])
+    return A.Compose([A.Resize(h, w, interpolation=cv2.INTER_AREA)] if resize else [])
 
 
 def _build(spec: dict[str, Any]):
@@ -39,11 +40,12 @@ def _build(spec: dict[str, Any]):
         raise FoldvisionError(f"augment.train: cannot build {name}({spec}): {e}") from None
 
 
-def train_transform(image_size: Sequence[int], augment: DictConfig | None):
+def train_transform(image_size: Sequence[int], augment: DictConfig | None, resize: bool = True):
     """Resize, then the augmentations listed in `augment.train` ({name: <A class>, **kwargs})."""
     import albumentations as A
 
     h, w = _size(image_size)
     entries = augment.get("train") if augment is not None else None
     specs = OmegaConf.to_container(entries, resolve=True) if entries else []
-    return A.Compose([A.Resize(h, w, interpolation=cv2.INTER_AREA)] + [_build(s) for s in specs])
+    head = [A.Resize(h, w, interpolation=cv2.INTER_AREA)] if resize else []
+    return A.Compose(head + [_build(s) for s in specs])
