@@ -276,6 +276,28 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     console.print(f"run folder: {run_dir}")
 
 
+def _pictures_before_training(cfg: DictConfig, data: CVData, run_dir: Path) -> None:
+    """report/lr_schedule.png and report/augmentations.png: check both before spending hours."""
+    from foldvision.models.backbone import create_classifier
+    from foldvision.report.plots import plot_augmentations, plot_lr_schedule
+
+    report = run_dir / "report"
+    if (report / "augmentations.png").is_file():
+        return
+    n_train = int((data.folds != data.folds[0]).sum())
+    steps = max(1, n_train // int(cfg.data.batch_size) // int(cfg.trainer.get("accumulate_grad_batches") or 1))
+    try:
+        plot_lr_schedule(cfg, steps, report / "lr_schedule.png")
+        _, data_config = create_classifier(cfg.model, data.task.num_outputs, image_size=cfg.data.get("image_size"), pretrained=False)
+        rows = np.ones(len(data.ids), dtype=bool)
+        plot_augmentations(data.dataset(cfg, data_config, rows, train=True), data.task.classes, report / "augmentations.png", seed=int(cfg.seed))
+    except FoldvisionError:
+        raise
+    except Exception as e:  # a picture must never stop training
+        log.warning("could not draw the pre-training plots: %s", e)
+    log.info("LR schedule and augmentation preview: %s", report)
+
+
 def run_cv(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
     """Train the selected folds of `cfg` into the run folder; return the OOF main metric."""
     from foldvision.training import check_accelerator
@@ -287,6 +309,7 @@ def run_cv(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
     write_json(run_dir / "classes.json", {"task": data.task.name, "classes": data.task.classes})
     log.info("%d training images, %d classes, folds from %s", len(data.ids), data.task.num_outputs, data.fold_file)
     done = fold_results(run_dir)
+    _pictures_before_training(cfg, data, run_dir)
     for fold in selected_folds(cfg.cv):
         if fold in done:
             log.info("fold %d already finished (%s): skipped", fold, run_dir / f"fold_{fold}")

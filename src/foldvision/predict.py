@@ -202,6 +202,9 @@ def oof_ensemble(cfg: DictConfig, runs: list[RunInfo], weights: list[float]) -> 
     return probs, targets, report
 
 
+CONFIDENCE_COLUMNS = ("conf", "confidence", "score", "prob", "probability")
+
+
 def format_submission(task: Task, ids: list[str], probs: np.ndarray, thresholds: np.ndarray | None, fmt: str, sample: pd.DataFrame | None, id_col: str) -> pd.DataFrame:
     """The submission table: in `sample`'s ids, order and columns when given."""
     if sample is not None:
@@ -212,6 +215,8 @@ def format_submission(task: Task, ids: list[str], probs: np.ndarray, thresholds:
         value_cols = list(sample.columns[1:])
         if set(value_cols) == set(task.classes) and len(value_cols) == len(task.classes):
             fmt = "columns" if task.name == "multilabel" else "probs"
+        elif task.name == "multiclass" and len(value_cols) == 2 and value_cols[1].lower() in CONFIDENCE_COLUMNS:
+            fmt = "label_conf"  # Dacon landmarks: landmark_id,conf
         elif len(value_cols) == 1:
             fmt = "labels" if task.name == "multilabel" else ("label" if fmt in ("auto", "probs") else fmt)
         else:
@@ -231,11 +236,13 @@ def format_submission(task: Task, ids: list[str], probs: np.ndarray, thresholds:
             idx = [task.classes.index(c) for c in cols]
             for c, j in zip(cols, idx):
                 out[c] = probs[:, j]
-        elif fmt in ("label", "index"):
+        elif fmt in ("label", "index", "label_conf"):
             col = value_cols[0] if value_cols else "label"
             out[col] = probs.argmax(1) if fmt == "index" else task.decode(probs)
+            if fmt == "label_conf":
+                out[value_cols[1] if value_cols else "conf"] = probs.max(1)
         else:
-            raise FoldvisionError(f"submission_format={fmt!r}: multiclass takes label | index | probs.")
+            raise FoldvisionError(f"submission_format={fmt!r}: multiclass takes label | index | label_conf | probs.")
     else:
         binary = task.decode(probs, thresholds)
         if fmt == "columns":

@@ -92,14 +92,20 @@ class ImageIndex:
         self.directory = directory
         self.by_name: dict[str, str] = {}
         self.by_stem: dict[str, str] = {}
+        self.by_number: dict[int, str] = {}  # "00042.png" for id 42 (Dacon letters pads file names)
         for entry in os.scandir(directory):
             if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                stem = os.path.splitext(entry.name)[0]
                 self.by_name[entry.name] = entry.name
-                self.by_stem.setdefault(os.path.splitext(entry.name)[0], entry.name)
+                self.by_stem.setdefault(stem, entry.name)
+                if stem.isdigit():
+                    self.by_number.setdefault(int(stem), entry.name)
         # ids may also name files in sub-folders ("cats/001.jpg"): checked on demand
 
     def resolve(self, image_id: str) -> Path | None:
         name = self.by_name.get(image_id) or self.by_stem.get(image_id)
+        if name is None and image_id.isdigit():
+            name = self.by_number.get(int(image_id))
         if name is not None:
             return self.directory / name
         candidate = self.directory / image_id
