@@ -80,6 +80,6 @@ def test_unknown_config_key_is_hydras_error(tmp_path: Path) -> None:
 def test_console_script_help() -> None:
     out = subprocess.run(["foldvision-train", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "name: demo_letters" in out.stdout
-    groups = dict(line.split(": ", 1) for line in out.stdout.splitlines() if line.startswith(("experiment:", "model:")))
+    groups = dict(line.split(": ", 1) for line in out.stdout.splitlines() if line.startswith(("experiment: ", "model: ")))
     assert "letters" in groups["experiment"] and "efficientnet_b4" in groups["model"]
     assert out.stdout.startswith("foldvision")
