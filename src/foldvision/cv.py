@@ -25,7 +25,7 @@ from foldvision.config import prepare_run_dir
 from foldvision.data.folds import load_or_make_folds, resolve_strategy
 from foldvision.data.sources import DataTable, read_table
 from foldvision.errors import FoldvisionError
-from foldvision.io import read_json, write_csv, write_json
+from foldvision.io import load_checkpoint, read_json, write_csv, write_json
 from foldvision.tasks import Task, create_task
 
 log = logging.getLogger("foldvision")
@@ -191,7 +191,7 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
         return {}
 
     best = Path(trainer.checkpoint_callback.best_model_path or last)
-    ckpt = torch.load(best, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(best)
     model = module.model.to("cpu")
     model.load_state_dict(classifier_state(ckpt["state_dict"]))  # the EMA weights when kept
     model.eval()
@@ -276,11 +276,29 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     console.print(f"run folder: {run_dir}")
 
 
-def _pictures_before_training(cfg: DictConfig, data: CVData, run_dir: Path) -> None:
-    """report/lr_schedule.png and report/augmentations.png: check both before spending hours."""
+def _check_disk_space(model: "torch.nn.Module", run_dir: Path, n_folds: int) -> None:  # noqa: F821
+    """Stop before training when the run folder's disk cannot hold the checkpoints: per fold
+    best.ckpt and last.ckpt, each with the weights and (Adam) two optimizer states."""
+    import shutil
+
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    needed = n_folds * 2 * 3 * weight_bytes + 50 * 2**20
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise FoldvisionError(
+            f"not enough disk space in {run_dir}: {free / 2**20:.0f} MiB free, about {needed / 2**20:.0f} MiB needed for "
+            f"{n_folds} fold(s) of checkpoints. Free some space or set hydra.run.dir to another disk."
+        )
+
+
+def _preflight(cfg: DictConfig, data: CVData, run_dir: Path, folds: list[int]) -> None:
+    """Before the first fold: the disk check, report/lr_schedule.png and report/augmentations.png
+    (look at both before spending hours)."""
     from foldvision.models.backbone import create_classifier
     from foldvision.report.plots import plot_augmentations, plot_lr_schedule
 
+    model, data_config = create_classifier(cfg.model, data.task.num_outputs, image_size=cfg.data.get("image_size"), pretrained=False)
+    _check_disk_space(model, run_dir, len(folds))
     report = run_dir / "report"
     if (report / "augmentations.png").is_file():
         return
@@ -288,7 +306,6 @@ def _pictures_before_training(cfg: DictConfig, data: CVData, run_dir: Path) -> N
     steps = max(1, n_train // int(cfg.data.batch_size) // int(cfg.trainer.get("accumulate_grad_batches") or 1))
     try:
         plot_lr_schedule(cfg, steps, report / "lr_schedule.png")
-        _, data_config = create_classifier(cfg.model, data.task.num_outputs, image_size=cfg.data.get("image_size"), pretrained=False)
         rows = np.ones(len(data.ids), dtype=bool)
         plot_augmentations(data.dataset(cfg, data_config, rows, train=True), data.task.classes, report / "augmentations.png", seed=int(cfg.seed))
     except FoldvisionError:
@@ -309,7 +326,9 @@ def run_cv(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
     write_json(run_dir / "classes.json", {"task": data.task.name, "classes": data.task.classes})
     log.info("%d training images, %d classes, folds from %s", len(data.ids), data.task.num_outputs, data.fold_file)
     done = fold_results(run_dir)
-    _pictures_before_training(cfg, data, run_dir)
+    todo = [f for f in selected_folds(cfg.cv) if f not in done]
+    if todo:
+        _preflight(cfg, data, run_dir, todo)
     for fold in selected_folds(cfg.cv):
         if fold in done:
             log.info("fold %d already finished (%s): skipped", fold, run_dir / f"fold_{fold}")

@@ -13,6 +13,15 @@ import numpy as np
 import pandas as pd
 
 
+def fault_point(name: str) -> None:
+    """Fault injection for the kill tests: SIGKILL this process at the named point when
+    FOLDVISION_KILL_AT names it (e.g. `replace:last.ckpt`). A no-op otherwise."""
+    if os.environ.get("FOLDVISION_KILL_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temp file beside `path`; on success fsync it and rename it over `path`.
@@ -28,6 +37,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        fault_point(f"replace:{path.name}")  # written, not yet in place
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -71,3 +81,24 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """torch.load with weights_only=True: tensors and plain containers only, never arbitrary
+    objects, so a checkpoint from elsewhere cannot run code when loaded."""
+    import torch
+
+    from foldvision.errors import FoldvisionError
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        if type(e).__name__ == "UnpicklingError":  # torch's safe unpickler refused an object
+            raise FoldvisionError(
+                f"refusing to load {path}: it holds Python objects besides tensors ({str(e).splitlines()[0]}). "
+                "foldvision loads checkpoints with weights_only=True so that no file can run code; "
+                "re-save the state_dict alone (torch.save(model.state_dict(), path)) from a source you trust."
+            ) from None
+        if isinstance(e, (RuntimeError, EOFError)):
+            raise FoldvisionError(f"cannot read checkpoint {path}: {e}. The file is damaged; delete it to retrain from the last good one.") from None
+        raise

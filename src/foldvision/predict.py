@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from foldvision.config import load_run_config
 from foldvision.ensemble import combine, tune_thresholds
 from foldvision.errors import FoldvisionError
-from foldvision.io import read_json, write_csv, write_json, write_npy
+from foldvision.io import load_checkpoint, read_json, write_csv, write_json, write_npy
 from foldvision.tasks import Task, create_task
 
 log = logging.getLogger("foldvision")
@@ -79,7 +79,7 @@ def load_fold_model(run: RunInfo, fold: int, device: torch.device, fuse: bool = 
     model, _ = create_classifier(run.cfg.model, run.task.num_outputs, data_config=run.data_config, pretrained=False)
     from foldvision.models.backbone import classifier_state
 
-    ckpt = torch.load(run.checkpoints[fold], map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(run.checkpoints[fold])
     model.load_state_dict(classifier_state(ckpt["state_dict"]))
     model.eval()
     if fuse:

@@ -17,6 +17,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from foldvision.errors import FoldvisionError
+from foldvision.io import fault_point, load_checkpoint
 
 # Keys of the trainer group that are foldvision's, not pl.Trainer's.
 FOLDVISION_TRAINER_KEYS = ("channels_last",)
@@ -35,6 +36,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
+            fault_point(f"replace:{path.name}")
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -43,7 +45,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         if not get_filesystem(path).exists(path):
             raise FileNotFoundError(f"checkpoint {path} not found")
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        return load_checkpoint(path, map_location or "cpu")
 
 
 class EpochSeed(pl.Callback):

@@ -61,6 +61,11 @@ def load_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
             arr = np.asarray(img, dtype=np.uint8)
     except FileNotFoundError:
         raise ImageReadError(f"image file not found: {path}") from None
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(
+            f"{path} is larger than Pillow's safety limit ({e}). If the image is genuine, raise the limit "
+            "(PIL.Image.MAX_IMAGE_PIXELS) or resize it, or set data.skip_bad=true to skip it."
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         size = path.stat().st_size if path.exists() else 0
         raise ImageReadError(
