@@ -80,6 +80,19 @@ def test_multi_run_ensemble_and_report(multiclass_run: Path, folder_data: Path, 
     assert len(report["members"]) == 2 and report["weights"] == [2, 1]
 
 
+def test_runs_with_other_input_sizes_share_one_decode(multiclass_run: Path, folder_data: Path, tmp_path: Path) -> None:
+    """A 24 px grayscale run and a 32 px RGB run ensembled: each model gets its own resize."""
+    small = tmp_path / "small"
+    run_cv(compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3", "data.image_size=24", "model.in_chans=1"), small)
+    out = run_predict(_predict_cfg(f"runs=[{multiclass_run},{small}]", "tta=[dihedral]"))
+    assert len(pd.read_csv(out)) == 4
+    from foldvision.predict import MultiSizeDataset
+
+    ds = MultiSizeDataset([str(folder_data / "test" / "t0.jpg")], [(32, 32, 3), (24, 24, 1)])
+    item = ds[0]
+    assert item["32x32x3"].shape == (3, 32, 32) and item["24x24x1"].shape == (1, 24, 24)
+
+
 def test_missing_folds_listed(multiclass_run: Path) -> None:
     shutil.rmtree(multiclass_run / "fold_1")
     with pytest.raises(FoldvisionError, match=r"fold\(s\) \[1\].*allow_missing_folds=true"):

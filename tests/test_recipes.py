@@ -60,6 +60,7 @@ def test_freeze_backbone_then_unfreeze(folder_data: Path, tmp_path: Path) -> Non
     ["callbacks.early_stopping.enabled=true", "callbacks.early_stopping.patience=1", "trainer.max_epochs=4"],
     ["trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=1.0", "scheduler=cosine", "scheduler.warmup_epochs=1"],
     ["optimizer=adam", "scheduler=warmup_exp", "task.label_smoothing=0.1", "augment.cutmix=1.0"],
+    ["model.in_chans=1", "logger=tensorboard", "data.num_workers=2"],
 ])
 def test_recipe_switches_train(folder_data: Path, tmp_path: Path, extra: list[str]) -> None:
     score = run_cv(_folder(folder_data, *extra), tmp_path / "run")

@@ -156,7 +156,8 @@ def build_trainer(cfg: DictConfig, fold_dir: Path, monitor: str, mode: str = "ma
     if cfg.logger.csv:
         loggers.append(CSVLogger(save_dir=str(fold_dir), name="", version=""))
     if cfg.logger.tensorboard:
-        loggers.append(TensorBoardLogger(save_dir=str(fold_dir), name="tensorboard", version=""))
+        # one tree for all folds: tensorboard --logdir <run>/tensorboard compares them
+        loggers.append(TensorBoardLogger(save_dir=str(fold_dir.parent / "tensorboard"), name=fold_dir.name, version=""))
     if loggers and cfg.scheduler.get("name", "none") != "none":
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     if tcfg.get("enable_progress_bar", True):
