@@ -32,7 +32,7 @@ def test_multiclass_folder_full_cv(folder_data: Path, tmp_path: Path) -> None:
     assert score == summary["oof"]["accuracy"]
     assert set(summary["oof"]) == {"accuracy", "f1_macro"}
     oof = pd.read_csv(tmp_path / "run" / "oof.csv")
-    assert list(oof.columns) == ["id", "fold", "target", "prob_cat", "prob_dog", "prob_fox"]
+    assert list(oof.columns) == ["id", "path", "fold", "target", "prob_cat", "prob_dog", "prob_fox"]
     assert oof[["prob_cat", "prob_dog", "prob_fox"]].sum(axis=1).round(4).eq(1).all()
 
 

@@ -52,11 +52,15 @@ def predict() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`foldvision <command>`: cv-merge."""
+    """`foldvision <command>`: cv-merge, report, check."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="foldvision")
     sub = parser.add_subparsers(dest="command", required=True)
+    report = sub.add_parser("report", help="(re)write report.html of a run folder, or sweep_report.html of a multirun folder")
+    report.add_argument("path")
+    check = sub.add_parser("check", help="validate a config and its dataset without training (same overrides as train.py)")
+    check.add_argument("overrides", nargs="*", help="e.g. data=folder data.root=mydata task=multiclass")
     merge = sub.add_parser("cv-merge", help="combine runs that trained different folds of one config into one CV folder")
     merge.add_argument("runs", nargs="+", help="run folders (e.g. the members of a -m cv.fold=0,1,2,3,4 sweep)")
     merge.add_argument("--out", required=True, help="the combined run folder to write")
@@ -66,5 +70,13 @@ def main(argv: list[str] | None = None) -> None:
             from foldvision.merge import merge_runs
 
             merge_runs([Path(r) for r in args.runs], Path(args.out))
+        elif args.command == "report":
+            from foldvision.report.html import build_report
+
+            print(f"report: {build_report(args.path)}")
+        elif args.command == "check":
+            from foldvision.check import compose, run_check
+
+            sys.exit(1 if run_check(compose(args.overrides)) else 0)
     except FoldvisionError as e:
         _user_error(e)

@@ -201,7 +201,10 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
     val_targets = data.targets[is_val]
     scores = data.task.score(probs, val_targets)
 
-    oof = pd.DataFrame({"id": np.array(data.ids, dtype=object)[is_val], "fold": fold, **data.task.target_columns(val_targets)})
+    oof = pd.DataFrame({
+        "id": np.array(data.ids, dtype=object)[is_val], "path": np.array(data.paths, dtype=object)[is_val], "fold": fold,
+        **data.task.target_columns(val_targets),
+    })
     oof = pd.concat([oof, pd.DataFrame(probs, columns=data.task.prob_columns())], axis=1)
     write_csv(fold_dir / "oof.csv", oof)
     result = {
@@ -336,5 +339,8 @@ def run_cv(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
         log.info("fold %d/%d", fold, cfg.cv.n_folds)
         train_fold(cfg, data, fold, run_dir)
     summary = summarize(run_dir, data.task, int(cfg.cv.n_folds), time.time() - t0)
+    from foldvision.report.html import safe_report
+
+    safe_report(run_dir)
     print_summary(summary, run_dir)
     return float(summary["oof"][data.task.main_metric])

@@ -65,6 +65,9 @@ def summarize_sweep(sweep_dir: Path) -> Path | None:
 class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            summarize_sweep(Path(config.hydra.sweep.dir))
+            if summarize_sweep(Path(config.hydra.sweep.dir)) is not None:
+                from foldvision.report.html import build_sweep_report
+
+                log.info("sweep report: %s", build_sweep_report(config.hydra.sweep.dir))
         except Exception as e:  # a summary failure must not hide the sweep's own results
             log.warning("sweep summary failed: %s", e)

@@ -48,5 +48,8 @@ def merge_runs(runs: list[Path], out: Path) -> dict:
         write_json(out / name, read_json(runs[0] / name))
     classes = read_json(runs[0] / "classes.json")["classes"]
     summary = summarize(out, create_task(cfg.task, classes), int(cfg.cv.n_folds))
+    from foldvision.report.html import safe_report
+
+    safe_report(out)
     print_summary(summary, out)
     return summary

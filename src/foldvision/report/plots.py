@@ -82,3 +82,160 @@ def plot_augmentations(dataset, class_names: Sequence[str], path: Path, n: int =
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _save(fig, path: Path) -> Path:
+    plt = _pyplot()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def read_fold_metrics(fold_dir: Path) -> "pd.DataFrame | None":  # noqa: F821
+    """Per-epoch metrics of one fold from its metrics.csv (one row per epoch)."""
+    import pandas as pd
+
+    path = fold_dir / "metrics.csv"
+    if not path.is_file():
+        return None
+    df = pd.read_csv(path)
+    if "epoch" not in df:
+        return None
+    return df.dropna(subset=["epoch"]).groupby("epoch").last().reset_index()
+
+
+def plot_fold_curves(run_dir: Path, main_metric: str, path: Path) -> Path | None:
+    """Train/val loss and the main validation metric per epoch, one line per fold."""
+    plt = _pyplot()
+    folds = sorted(run_dir.glob("fold_*"), key=lambda p: int(p.name.split("_")[1]))
+    curves = {f.name: m for f in folds if (m := read_fold_metrics(f)) is not None}
+    if not curves:
+        return None
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (name, m) in enumerate(curves.items()):
+        color = f"C{i}"
+        if "train/loss_epoch" in m:
+            ax_loss.plot(m["epoch"], m["train/loss_epoch"], color=color, ls="--", alpha=0.7)
+        if "val/loss" in m:
+            ax_loss.plot(m["epoch"], m["val/loss"], color=color, label=name)
+        if f"val/{main_metric}" in m:
+            ax_metric.plot(m["epoch"], m[f"val/{main_metric}"], color=color, marker=".", label=name)
+    ax_loss.set(title="loss (dashed: train, solid: validation)", xlabel="epoch")
+    ax_metric.set(title=f"validation {main_metric}", xlabel="epoch")
+    for ax in (ax_loss, ax_metric):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_class_distribution(oof: "pd.DataFrame", task, path: Path) -> Path:  # noqa: F821
+    """Images per class (multiclass) or positives per label (multilabel) in each fold."""
+    plt = _pyplot()
+    targets = task.targets_from_columns(oof)
+    folds = sorted(oof["fold"].unique())
+    n = task.num_outputs
+    counts = np.zeros((len(folds), n))
+    for i, k in enumerate(folds):
+        t = targets[oof["fold"].to_numpy() == k]
+        counts[i] = np.bincount(t, minlength=n) if t.ndim == 1 else t.sum(0)
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * n + 2), 4))
+    width = 0.8 / len(folds)
+    for i, k in enumerate(folds):
+        ax.bar(np.arange(n) + i * width, counts[i], width, label=f"fold {k}")
+    ax.set_xticks(np.arange(n) + 0.4 - width / 2)
+    ax.set_xticklabels(task.classes if n <= 60 else [""] * n, rotation=90 if n > 12 else 0, fontsize=8)
+    ax.set(title="images per class and fold" if task.name == "multiclass" else "positives per label and fold", ylabel="count")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_confusion(oof: "pd.DataFrame", task, path: Path) -> Path:  # noqa: F821
+    """Row-normalised OOF confusion matrix (rows: true class) with class names."""
+    plt = _pyplot()
+    y = task.targets_from_columns(oof)
+    pred = oof[task.prob_columns()].to_numpy().argmax(1)
+    n = task.num_outputs
+    cm = np.zeros((n, n))
+    np.add.at(cm, (y, pred), 1)
+    cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    size = min(14, 2 + 0.45 * n)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
+    if n <= 40:
+        ax.set_xticks(range(n), task.classes, rotation=90, fontsize=8)
+        ax.set_yticks(range(n), task.classes, fontsize=8)
+        if n <= 15:
+            for i in range(n):
+                for j in range(n):
+                    ax.text(j, i, f"{cm[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white" if cm[i, j] > 0.5 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title="OOF confusion matrix (each row sums to 1)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def plot_per_label(oof: "pd.DataFrame", task, path: Path) -> Path:  # noqa: F821
+    """Per-label OOF accuracy and F1 at the task threshold (multilabel)."""
+    plt = _pyplot()
+    y = task.targets_from_columns(oof).astype(bool)
+    pred = oof[task.prob_columns()].to_numpy() >= task.threshold
+    acc = (pred == y).mean(0)
+    tp, fp, fn = (pred & y).sum(0), (pred & ~y).sum(0), (~pred & y).sum(0)
+    f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+    n = task.num_outputs
+    fig, ax = plt.subplots(figsize=(max(6, 0.4 * n + 2), 4))
+    ax.bar(np.arange(n) - 0.2, acc, 0.4, label="accuracy")
+    ax.bar(np.arange(n) + 0.2, f1, 0.4, label="F1")
+    ax.set_xticks(range(n), task.classes, rotation=90 if n > 12 else 0, fontsize=8)
+    ax.set(ylim=(0, 1.05), title=f"OOF per-label scores at threshold {task.threshold}")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def worst_mistakes(oof: "pd.DataFrame", task, n: int = 16) -> "pd.DataFrame":  # noqa: F821
+    """The OOF rows the model got most wrong: wrong predictions first, by the loss of the true
+    target (then, if there are fewer than n, the least confident right ones)."""
+    y = task.targets_from_columns(oof)
+    p = np.clip(oof[task.prob_columns()].to_numpy(dtype=np.float64), 1e-7, 1 - 1e-7)
+    if task.name == "multiclass":
+        loss = -np.log(p[np.arange(len(p)), y])
+        right = p.argmax(1) == y
+    else:
+        loss = -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean(1)
+        right = ((p >= task.threshold) == (y > 0.5)).all(1)
+    return oof.assign(_loss=loss, _right=right).sort_values(["_right", "_loss"], ascending=[True, False]).head(n)
+
+
+def plot_worst_mistakes(oof: "pd.DataFrame", task, path: Path, channels: int = 3, n: int = 16) -> Path | None:  # noqa: F821
+    """A grid of the worst OOF mistakes: image, true label(s), prediction and its confidence."""
+    from foldvision.data.images import ImageReadError, load_image
+
+    if "path" not in oof:
+        return None
+    plt = _pyplot()
+    rows = worst_mistakes(oof, task, n)
+    cols = 4
+    fig, axes = plt.subplots(int(np.ceil(len(rows) / cols)), cols, figsize=(2.6 * cols, 2.9 * np.ceil(len(rows) / cols)))
+    axes = np.atleast_1d(axes).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, (_, r) in zip(axes, rows.iterrows()):
+        try:
+            img = load_image(r["path"], channels)
+        except ImageReadError:
+            continue
+        ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None)
+        probs = r[task.prob_columns()].to_numpy(dtype=np.float64)
+        if task.name == "multiclass":
+            true = r["target"]
+            j = int(probs.argmax())
+            text = f"true {true}\npred {task.classes[j]} ({probs[j]:.2f})"
+        else:
+            true = " ".join(c for c in task.classes if r[f"target_{c}"] == 1)
+            pred = " ".join(c for c, q in zip(task.classes, probs) if q >= task.threshold)
+            text = f"true {true[:20]}\npred {pred[:20]}"
+        ax.set_title(f"{str(r['id'])[:18]}\n{text}", fontsize=7)
+    fig.suptitle("worst OOF mistakes (highest loss)")
+    return _save(fig, path)

@@ -1,0 +1,130 @@
+"""`foldvision check [overrides]`: validate a config and its dataset without training.
+
+Same overrides as train.py. Checks that the config composes and names a timm model, the asked-for
+accelerator is there, every train and test image exists and decodes (and summarises sizes and
+modes), the classes and their counts, and that the folds can be made or the saved fold file still
+matches the data. Prints each problem with its fix; exits 1 if there is any.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from omegaconf import DictConfig
+
+from foldvision.errors import FoldvisionError
+
+
+def _probe(path: str) -> tuple[str | None, tuple[int, int] | None, str | None]:
+    """(error, size, mode) of one image, decoding it fully as training would."""
+    from PIL import Image
+
+    from foldvision.data.images import ImageReadError, load_image
+
+    try:
+        with Image.open(path) as img:
+            size, mode = img.size, img.mode
+        load_image(path)
+        return None, size, mode
+    except ImageReadError as e:
+        return str(e), None, None
+    except Exception as e:  # PIL can fail on open before load_image names the file
+        return f"cannot decode image {path}: {e}", None, None
+
+
+def run_check(cfg: DictConfig, workers: int = 4) -> list[str]:
+    """Problems found (empty: all good). Prints what it checks as it goes."""
+    import timm
+    from rich.console import Console
+
+    from foldvision.config import resolve_config
+    from foldvision.data.folds import fold_file_path, load_or_make_folds, make_folds, resolve_strategy
+    from foldvision.data.sources import read_table
+    from foldvision.tasks import create_task
+    from foldvision.training import check_accelerator
+
+    con = Console(width=110)
+    problems: list[str] = []
+
+    def ok(msg: str) -> None:
+        con.print(f"[green]ok[/green]   {msg}")
+
+    def bad(msg: str) -> None:
+        problems.append(msg)
+        con.print(f"[red]FAIL[/red] {msg}")
+
+    cfg = resolve_config(cfg)
+    if timm.is_model(cfg.model.name):
+        ok(f"model.name={cfg.model.name} is a timm model")
+    else:
+        bad(f"model.name={cfg.model.name} is not a timm model: pick one from timm.list_models().")
+    try:
+        check_accelerator(cfg.trainer)
+        ok(f"trainer.accelerator={cfg.trainer.accelerator} is available")
+    except FoldvisionError as e:
+        bad(str(e))
+    try:
+        table = read_table(cfg.data)
+    except FoldvisionError as e:
+        bad(str(e))
+        return problems
+    ok(f"data: {len(table.train)} training rows from {table.source}")
+    missing = table.train["path"].isna().sum()
+    if missing:
+        bad(f"{missing} training id(s) have no image file (data.skip_bad=true skips them).")
+
+    try:
+        task = create_task(cfg.task)
+        targets = task.encode(table.labels, sep=cfg.data.get("label_sep") or " ")
+        counts = np.bincount(targets, minlength=task.num_outputs) if targets.ndim == 1 else targets.sum(0).astype(int)
+        shown = ", ".join(f"{c}: {int(n)}" for c, n in list(zip(task.classes, counts))[:30])
+        ok(f"task={task.name}: {task.num_outputs} {'classes' if task.name == 'multiclass' else 'labels'} ({shown}{' ...' if task.num_outputs > 30 else ''})")
+    except FoldvisionError as e:
+        bad(str(e))
+        return problems
+
+    paths = [p for p in table.train["path"] if isinstance(p, str)]
+    test_paths = table.test["path"].tolist() if table.test is not None else []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(_probe, paths + test_paths))
+    errors = [r[0] for r in results if r[0]]
+    sizes = [r[1] for r in results if r[1]]
+    modes = Counter(r[2] for r in results if r[2])
+    if errors:
+        bad(f"{len(errors)} image(s) cannot be read, e.g.:\n       " + "\n       ".join(errors[:5]) + "\n       Fix or remove them, or set data.skip_bad=true.")
+    else:
+        ok(f"all {len(paths)} training and {len(test_paths)} test images decode")
+    if sizes:
+        w, h = np.array(sizes).T
+        ok(f"image sizes: width {w.min()}-{w.max()} (median {int(np.median(w))}), height {h.min()}-{h.max()} (median {int(np.median(h))}); modes {dict(modes)}")
+    if not test_paths:
+        con.print("[yellow]note[/yellow] no test images configured: predict.py will need test_csv=/test_image_dir=")
+
+    strategy = resolve_strategy(cfg.cv.strategy, task.name)
+    groups = table.train["group"].to_numpy() if "group" in table.train else None
+    path = fold_file_path(cfg.cv.dir, strategy, int(cfg.cv.n_folds), int(cfg.cv.seed))
+    try:
+        if path.is_file() and not cfg.cv.regenerate:
+            load_or_make_folds(cfg.cv.dir, table.train["id"].tolist(), targets, task.classes, strategy, int(cfg.cv.n_folds), int(cfg.cv.seed), groups)
+            ok(f"fold file {path} matches the data")
+        else:
+            make_folds(targets, strategy, int(cfg.cv.n_folds), int(cfg.cv.seed), groups, task.classes)
+            ok(f"{cfg.cv.n_folds} {strategy} folds can be made (written to {path} by the first training run)")
+    except FoldvisionError as e:
+        bad(str(e))
+    con.print(f"\n{'[green]no problems found[/green]' if not problems else f'[red]{len(problems)} problem(s)[/red]'}")
+    return problems
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """The config `python train.py <overrides>` would run with."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from foldvision.cli import CONF_DIR
+
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        return hydra_compose("train", overrides=overrides)
+
