@@ -51,8 +51,8 @@ def predict() -> None:
     hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")(predict_main)()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`foldvision <command>`: cv-merge, report, check."""
+def build_parser():
+    """The `foldvision` command line: cv-merge, report, check."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="foldvision")
@@ -64,7 +64,12 @@ def main(argv: list[str] | None = None) -> None:
     merge = sub.add_parser("cv-merge", help="combine runs that trained different folds of one config into one CV folder")
     merge.add_argument("runs", nargs="+", help="run folders (e.g. the members of a -m cv.fold=0,1,2,3,4 sweep)")
     merge.add_argument("--out", required=True, help="the combined run folder to write")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`foldvision <command>`: cv-merge, report, check."""
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "cv-merge":
             from foldvision.merge import merge_runs
