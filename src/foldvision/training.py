@@ -88,8 +88,9 @@ class EpochLog(pl.Callback):
     """One log line per epoch with the validation metrics: readable in CI logs and log files,
     where a live progress bar is not."""
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # after this epoch's validation and the module's own epoch-end logging
+        if not trainer.is_global_zero:
             return
         m = trainer.callback_metrics
         parts = [f"{k}={float(v):.4f}" for k, v in sorted(m.items()) if k.startswith(("val/", "train/loss_epoch"))]
