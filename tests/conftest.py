@@ -113,3 +113,16 @@ def _isolate_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+# Fields of result.json that measure the machine, not the training: excluded when comparing runs.
+MACHINE_FIELDS = ("train_seconds", "rss_mb", "peak_rss_mb")
+
+
+def comparable_results(run_dir: Path) -> tuple[dict, pd.DataFrame]:
+    """cv_summary.json without timing/memory fields, and oof.csv: equal for equal training."""
+    import json
+
+    s = json.loads((run_dir / "cv_summary.json").read_text())
+    folds = [{k: v for k, v in f.items() if k not in MACHINE_FIELDS} for f in s["folds"]]
+    return {"oof": s["oof"], "folds": folds}, pd.read_csv(run_dir / "oof.csv")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import ROOT, TEST_OVERRIDES
+from conftest import ROOT, TEST_OVERRIDES, comparable_results
 
 
 def _run(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
@@ -23,8 +22,7 @@ def _run(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.Complet
 
 
 def _summary(run_dir: Path) -> dict:
-    s = json.loads((run_dir / "cv_summary.json").read_text())
-    return {"oof": s["oof"], "folds": [{k: v for k, v in f.items() if k != "train_seconds"} for f in s["folds"]]}
+    return comparable_results(run_dir)[0]
 
 
 def _data(folder_data: Path) -> list[str]:

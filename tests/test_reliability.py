@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, TEST_OVERRIDES, class_image, compose_cfg, save_image
+from conftest import ROOT, TEST_OVERRIDES, class_image, comparable_results, compose_cfg, save_image
 from foldvision.cv import run_cv
 from foldvision.errors import FoldvisionError
 from foldvision.io import load_checkpoint
@@ -45,9 +45,7 @@ def _run(cmd: list[str], kill_at: str | None = None) -> subprocess.CompletedProc
     return subprocess.run(cmd, env=env, capture_output=True, text=True)
 
 
-def _results(run: Path) -> tuple[dict, pd.DataFrame]:
-    s = json.loads((run / "cv_summary.json").read_text())
-    return {"oof": s["oof"], "folds": [{k: v for k, v in f.items() if k != "train_seconds"} for f in s["folds"]]}, pd.read_csv(run / "oof.csv")
+_results = comparable_results
 
 
 def _assert_nothing_corrupt(*dirs: Path) -> None:

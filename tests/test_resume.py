@@ -3,7 +3,6 @@ the same CV results as an uninterrupted run (CPU, deterministic)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import ROOT, TEST_OVERRIDES
+from conftest import ROOT, TEST_OVERRIDES, comparable_results
 
 
 def _cmd(data_root: Path, run_dir: Path, *extra: str) -> list[str]:
@@ -29,10 +28,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _comparable(run_dir: Path) -> tuple[dict, pd.DataFrame]:
-    s = json.loads((run_dir / "cv_summary.json").read_text())
-    folds = [{k: v for k, v in f.items() if k != "train_seconds"} for f in s["folds"]]
-    return {"oof": s["oof"], "folds": folds}, pd.read_csv(run_dir / "oof.csv")
+_comparable = comparable_results
 
 
 @pytest.mark.slow

@@ -101,8 +101,11 @@ def prepare_run_dir(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -
         probe.unlink()
     except OSError as e:
         raise FoldvisionError(f"cannot write to the run folder {run_dir}: {e}. Set hydra.run.dir (or paths.output_dir) to a writable place.") from None
-    for stale in run_dir.rglob(".*.tmp"):  # temp files of a killed earlier session (never read)
-        stale.unlink(missing_ok=True)
+    from foldvision.training import global_rank
+
+    if global_rank() == 0:  # temp files of a killed earlier session (never read)
+        for stale in run_dir.rglob(".*.tmp"):
+            stale.unlink(missing_ok=True)
     if (run_dir / CONFIG_FILE).is_file():
         saved = load_run_config(run_dir)
         diffs = config_differences(saved, resolved)

@@ -184,9 +184,10 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
     )
     monitor = f"val/{data.task.main_metric}"
     trainer = build_trainer(cfg, fold_dir, monitor)
+    fit_module = torch.compile(module) if cfg.trainer.get("compile") else module  # Lightning unwraps it for checkpoints
     last = fold_dir / "last.ckpt"
     t0 = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
+    trainer.fit(fit_module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
     train_seconds = time.time() - t0
     if not trainer.is_global_zero:
         return {}
@@ -348,17 +349,21 @@ def _preflight(cfg: DictConfig, data: CVData, run_dir: Path, folds: list[int]) -
 
 def run_cv(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
     """Train the selected folds of `cfg` into the run folder; return the OOF main metric."""
-    from foldvision.training import check_accelerator
+    from foldvision.training import check_accelerator, describe_device
 
     t0 = time.time()
     check_accelerator(cfg.trainer)
+    log.info(describe_device(cfg.trainer))
     run_dir, cfg = prepare_run_dir(cfg, run_dir)
     data = load_cv_data(cfg, run_dir)
     write_json(run_dir / "classes.json", {"task": data.task.name, "classes": data.task.classes})
     log.info("%d training images, %d classes, folds from %s", len(data.ids), data.task.num_outputs, data.fold_file)
+    from foldvision.training import global_rank
+
+    rank = global_rank()
     done = fold_results(run_dir)
     todo = [f for f in selected_folds(cfg.cv) if f not in done]
-    if todo:
+    if todo and rank == 0:
         _preflight(cfg, data, run_dir, todo)
     for fold in selected_folds(cfg.cv):
         if fold in done:
@@ -367,6 +372,8 @@ def run_cv(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
         log.info("fold %d/%d", fold, cfg.cv.n_folds)
         train_fold(cfg, data, fold, run_dir)
         release_memory()
+    if rank != 0:  # DDP worker: rank 0 predicts OOF and writes the results
+        return float("nan")
     summary = summarize(run_dir, data.task, int(cfg.cv.n_folds), time.time() - t0)
     from foldvision.report.html import safe_report
 

@@ -53,7 +53,8 @@ class Task:
         """Loss against mixed (CutMix/MixUp) targets; label smoothing is already in them."""
         return loss_fn(logits, soft_targets)
 
-    def metrics(self) -> "torchmetrics.MetricCollection":  # noqa: F821
+    def metrics(self, sync: bool = True) -> "torchmetrics.MetricCollection":  # noqa: F821
+        """Validation metrics; synced across DDP ranks unless sync=False."""
         raise NotImplementedError
 
     def score(self, probs: np.ndarray, targets: np.ndarray, threshold: float | np.ndarray | None = None) -> dict[str, float]:
@@ -128,17 +129,19 @@ class MulticlassTask(Task):
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().softmax(dim=-1)
 
-    def metrics(self):
+    def metrics(self, sync: bool = True):
+        """`sync=False` for metrics computed by one process alone (OOF on rank 0 of a DDP run):
+        a synced compute would wait forever for the other ranks."""
         from torchmetrics import Accuracy, F1Score, MetricCollection
 
-        n = self.num_outputs
-        m = {"accuracy": Accuracy(task="multiclass", num_classes=n), "f1_macro": F1Score(task="multiclass", num_classes=n, average="macro")}
+        n, kw = self.num_outputs, {"sync_on_compute": sync}
+        m = {"accuracy": Accuracy(task="multiclass", num_classes=n, **kw), "f1_macro": F1Score(task="multiclass", num_classes=n, average="macro", **kw)}
         if n > 5:
-            m["top5_accuracy"] = Accuracy(task="multiclass", num_classes=n, top_k=5)
+            m["top5_accuracy"] = Accuracy(task="multiclass", num_classes=n, top_k=5, **kw)
         return MetricCollection(m)
 
     def score(self, probs, targets, threshold=None):
-        metrics = self.metrics()
+        metrics = self.metrics(sync=False)
         metrics.update(torch.from_numpy(np.asarray(probs, dtype=np.float32)), torch.from_numpy(np.asarray(targets, dtype=np.int64)))
         return {k: float(v) for k, v in metrics.compute().items()}
 
@@ -194,17 +197,17 @@ class MultilabelTask(Task):
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().sigmoid()
 
-    def metrics(self):
+    def metrics(self, sync: bool = True):
         from torchmetrics import MetricCollection
         from torchmetrics.classification import MultilabelAccuracy, MultilabelAveragePrecision, MultilabelExactMatch, MultilabelF1Score
 
-        n, t = self.num_outputs, self.threshold
+        n, t, kw = self.num_outputs, self.threshold, {"sync_on_compute": sync}
         return MetricCollection(
             {
-                "label_accuracy": MultilabelAccuracy(num_labels=n, threshold=t, average="macro"),
-                "exact_match": MultilabelExactMatch(num_labels=n, threshold=t),
-                "f1_macro": MultilabelF1Score(num_labels=n, threshold=t, average="macro"),
-                "mAP": MultilabelAveragePrecision(num_labels=n, average="macro"),
+                "label_accuracy": MultilabelAccuracy(num_labels=n, threshold=t, average="macro", **kw),
+                "exact_match": MultilabelExactMatch(num_labels=n, threshold=t, **kw),
+                "f1_macro": MultilabelF1Score(num_labels=n, threshold=t, average="macro", **kw),
+                "mAP": MultilabelAveragePrecision(num_labels=n, average="macro", **kw),
             }
         )
 

@@ -20,7 +20,7 @@ from foldvision.errors import FoldvisionError
 from foldvision.io import fault_point, load_checkpoint
 
 # Keys of the trainer group that are foldvision's, not pl.Trainer's.
-FOLDVISION_TRAINER_KEYS = ("channels_last",)
+FOLDVISION_TRAINER_KEYS = ("channels_last", "compile")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -130,6 +130,20 @@ def check_accelerator(trainer_cfg: DictConfig) -> None:
             ) from None
 
 
+def describe_device(trainer_cfg: DictConfig) -> str:
+    """One line naming the device training will use (printed at start)."""
+    acc = str(trainer_cfg.get("accelerator", "cpu"))
+    if acc == "auto":
+        acc = "gpu" if torch.cuda.is_available() else "cpu"
+    devices = trainer_cfg.get("devices", 1)
+    extra = f"precision {trainer_cfg.get('precision')}, strategy {trainer_cfg.get('strategy', 'auto')}"
+    if acc in ("gpu", "cuda") and torch.cuda.is_available():
+        return f"device: {devices} x {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}), {extra}"
+    if acc == "tpu":
+        return f"device: TPU x {devices} (torch-xla), {extra}"
+    return f"device: CPU x {devices} process(es), {torch.get_num_threads()} torch threads each, {extra}"
+
+
 def build_trainer(cfg: DictConfig, fold_dir: Path, monitor: str, mode: str = "max") -> pl.Trainer:
     """A Trainer writing best.ckpt (by `monitor`), last.ckpt and metrics.csv into `fold_dir`."""
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
@@ -171,5 +185,16 @@ def build_trainer(cfg: DictConfig, fold_dir: Path, monitor: str, mode: str = "ma
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
         enable_model_summary=False,
+        # EpochSampler shards the training set itself (seeded, resumable); validation is not sharded,
+        # so no padded duplicates reach the metrics
+        use_distributed_sampler=False,
         **tcfg,
     )
+
+
+def global_rank() -> int:
+    """This process's rank in a multi-process (DDP) run, from the launcher's environment."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0

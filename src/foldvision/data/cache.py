@@ -61,8 +61,7 @@ def build_cache(
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # PIL and cv2 release the GIL
             list(pool.map(fill, range(len(paths))))
-        array.flush()
-        del array
+        array.flush()  # renaming the still-mapped file is fine on POSIX
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -89,7 +89,9 @@ class EpochSampler(Sampler):
 
     MODES = ("random", "weighted", "undersample")
 
-    def __init__(self, n: int, seed: int, epoch: int = 0, mode: str = "random", classes: np.ndarray | None = None) -> None:
+    def __init__(
+        self, n: int, seed: int, epoch: int = 0, mode: str = "random", classes: np.ndarray | None = None, rank: int = 0, world_size: int = 1
+    ) -> None:
         from foldvision.errors import FoldvisionError
 
         if mode not in self.MODES:
@@ -97,11 +99,13 @@ class EpochSampler(Sampler):
         if mode != "random" and (classes is None or classes.ndim != 1):
             raise FoldvisionError(f"data.sampler={mode} balances classes: it needs task=multiclass.")
         self.n, self.seed, self.epoch, self.mode, self.classes = n, seed, epoch, mode, classes
+        self.rank, self.world_size = rank, world_size
         if mode == "undersample":
             counts = np.bincount(classes)
-            self.length = int(counts[counts > 0].min()) * int((counts > 0).sum())
+            self.total = int(counts[counts > 0].min()) * int((counts > 0).sum())
         else:
-            self.length = n
+            self.total = n
+        self.length = -(-self.total // world_size)  # this rank's share, padded up to equal shares
 
     def set_epoch(self, epoch: int) -> None:  # called by Lightning before each epoch
         self.epoch = epoch
@@ -116,7 +120,7 @@ class EpochSampler(Sampler):
             weights = torch.as_tensor(1.0 / counts[self.classes], dtype=torch.double)
             order = torch.multinomial(weights, self.n, replacement=True, generator=g).tolist()
         elif self.mode == "undersample":
-            per_class = self.length // int((np.bincount(self.classes) > 0).sum())
+            per_class = self.total // int((np.bincount(self.classes) > 0).sum())
             keep = []
             for c in np.unique(self.classes):
                 members = torch.as_tensor(np.flatnonzero(self.classes == c))
@@ -126,7 +130,11 @@ class EpochSampler(Sampler):
         else:
             order = torch.randperm(self.n, generator=g).tolist()
         seeds = torch.randint(0, 2**31 - 1, (len(order),), generator=g).tolist()
-        return iter(zip(order, seeds))
+        pairs = list(zip(order, seeds))
+        if self.world_size > 1:  # DDP: every rank draws the same epoch, takes its own slice
+            pairs += pairs[: self.length * self.world_size - len(pairs)]
+            pairs = pairs[self.rank :: self.world_size]
+        return iter(pairs)
 
 
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, sampler: Sampler | None = None, drop_last: bool = False) -> DataLoader:
@@ -154,8 +162,10 @@ class FoldDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         # on resume the trainer has restored its epoch before asking for the loader
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        sampler = EpochSampler(len(self.train_set), self.seed, epoch, self.sampler, self.train_set.targets)
+        trainer = self.trainer
+        epoch = trainer.current_epoch if trainer is not None else 0
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = EpochSampler(len(self.train_set), self.seed, epoch, self.sampler, self.train_set.targets, rank, world)
         # drop_last only when it drops a small remainder: a batch of 1 breaks BatchNorm
         drop_last = len(sampler) % self.batch_size == 1
         return make_loader(self.train_set, self.batch_size, self.num_workers, sampler=sampler, drop_last=drop_last)
