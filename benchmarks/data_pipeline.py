@@ -60,12 +60,28 @@ def main() -> None:
                 path = Path(d) / f"{i}.{ext}"
                 img.save(path, quality=90) if fmt == "jpeg" else img.save(path)
                 files[fmt].append(str(path))
-        print("\ndecoders (1 process), img/s:")
+        print("\ndecoders (1 process), img/s (max pixel difference to foldvision's load_image):")
         for fmt, paths in files.items():
+            ref = load_image(paths[0]).astype(int)
             pil = rate(lambda: [load_image(p) for p in paths], a.n, a.repeats)
             ocv = rate(lambda: [cv2.cvtColor(cv2.imread(p, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for p in paths], a.n, a.repeats)
-            same = np.abs(load_image(paths[0]).astype(int) - cv2.cvtColor(cv2.imread(paths[0]), cv2.COLOR_BGR2RGB).astype(int)).max()
-            print(f"  {fmt:4s}  foldvision load_image (PIL) {pil:6.0f}   OpenCV imread {ocv:6.0f}   max pixel difference {same}")
+            d_ocv = np.abs(ref - cv2.cvtColor(cv2.imread(paths[0]), cv2.COLOR_BGR2RGB).astype(int)).max()
+            line = f"  {fmt:4s}  load_image (Pillow) {pil:6.0f}   OpenCV {ocv:6.0f} (diff {d_ocv})"
+            if fmt == "jpeg":
+                try:  # optional: pip install simplejpeg (libjpeg-turbo, JPEG only, no EXIF handling)
+                    import simplejpeg
+
+                    def sj() -> None:
+                        for p in paths:
+                            with open(p, "rb") as f:
+                                simplejpeg.decode_jpeg(f.read(), colorspace="RGB")
+
+                    with open(paths[0], "rb") as f:
+                        d_sj = np.abs(ref - simplejpeg.decode_jpeg(f.read(), colorspace="RGB").astype(int)).max()
+                    line += f"   simplejpeg {rate(sj, a.n, a.repeats):6.0f} (diff {d_sj})"
+                except ImportError:
+                    line += "   simplejpeg not installed"
+            print(line)
         print("\ntraining dataloader (decode + resize + augment + collate), img/s by workers:")
         for fmt, paths in files.items():
             ds = ImageDataset(paths, np.zeros(a.n, dtype=np.int64), train_transform([a.size, a.size], aug), 3)

@@ -81,3 +81,22 @@ def test_console_script_help() -> None:
     groups = dict(line.split(": ", 1) for line in out.stdout.splitlines() if line.startswith(("experiment: ", "model: ")))
     assert "letters" in groups["experiment"] and "efficientnet_b4" in groups["model"]
     assert out.stdout.startswith("foldvision")
+
+
+@pytest.mark.slow
+def test_optuna_search_on_the_oof_score(folder_data: Path, tmp_path: Path) -> None:
+    """hparams_search=optuna: trials sample the config's search space (less what the command fixes),
+    each returns its OOF score, all share one fold file, and Optuna's best is the summary's best."""
+    import yaml
+
+    sweep = tmp_path / "optuna"
+    _run("train.py", "hparams_search=optuna", *_data(folder_data), "cv.folds=[0]", "model.name=test_efficientnet",
+         "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=2", f"hydra.sweep.dir={sweep}")
+    assert [p.name for p in (folder_data / "folds").glob("*.csv")] == ["stratified_k3_seed42.csv"]
+    members = sorted(p for p in sweep.iterdir() if (p / "cv_summary.json").is_file())
+    assert len(members) == 3
+    lrs = [float(o.split("=")[1]) for m in members for o in yaml.safe_load((m / ".hydra" / "overrides.yaml").read_text()) if o.startswith("optimizer.lr=")]
+    assert len(lrs) == 3 and len(set(lrs)) == 3 and all(1e-4 <= lr <= 3e-3 for lr in lrs)  # sampled, not fixed
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    summary = pd.read_csv(sweep / "sweep_summary.csv")
+    assert best["best_value"] == pytest.approx(summary["oof_accuracy"].max())

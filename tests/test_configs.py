@@ -116,6 +116,21 @@ def test_pretrained_offline_message() -> None:
         del os.environ["HF_HUB_OFFLINE"]
 
 
+def test_pretrained_unreachable_hub_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network: the message comes at once, not after huggingface_hub's minute of retries."""
+    import time
+
+    from foldvision.errors import FoldvisionError
+    from foldvision.models.backbone import create_backbone
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1:9")  # nothing listens there: refused at once
+    t0 = time.time()
+    with pytest.raises(FoldvisionError, match="model.pretrained=false"):
+        create_backbone(compose_cfg("model=resnet10t", "model.pretrained=true").model, 2)
+    assert time.time() - t0 < 15
+
+
 def test_local_weights_file(tmp_path: Path) -> None:
     """model.weights_file: timm loads a local file through its pretrained path (offline Kaggle)."""
     import timm

@@ -25,7 +25,10 @@ def _commands() -> list[tuple[str, list[str]]]:
                     if t != "&&":
                         part.append(t)
                         continue
-                    if part[:2] in (["python", "train.py"], ["python", "predict.py"]) or part[:3] == ["python", "-m", "foldvision"] or part[:1] == ["foldvision"]:
+                    scripts = [i for i, t in enumerate(part) if t in ("train.py", "predict.py")]
+                    if scripts:  # also behind a launcher: srun python train.py, torchrun ... train.py
+                        out.append((doc.name, ["python", *part[scripts[0]:]]))
+                    elif part[:3] == ["python", "-m", "foldvision"] or part[:1] == ["foldvision"]:
                         out.append((doc.name, part))
                     part = []
     return out

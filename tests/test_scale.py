@@ -42,3 +42,21 @@ def test_ddp_two_processes_on_cpu(folder_data: Path, tmp_path: Path) -> None:
         ckpts = sorted(p.name for p in (run / f"fold_{k}").glob("*.ckpt"))
         assert ckpts == ["best.ckpt", "last.ckpt"]  # written once, by rank 0
     assert "world_size=2" in out.stdout + out.stderr or "GLOBAL_RANK: 1" in out.stdout + out.stderr
+
+
+def test_parallel_jobs_claim_different_gpus(tmp_path: Path) -> None:
+    """hydra/launcher=joblib on a machine with several GPUs: each job process holds its own GPU."""
+    code = (
+        "import sys, time; from foldvision.devices import claim_gpu; "
+        f"print(claim_gpu(3, {str(tmp_path)!r}), flush=True); sys.stdin.read()"  # hold until told to stop
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    try:
+        claimed = sorted(int(p.stdout.readline()) for p in procs)
+    finally:
+        for p in procs:
+            p.communicate("")
+    assert claimed == [0, 1, 2]
+    # once they are gone, their GPUs are free again
+    again = subprocess.run([sys.executable, "-c", code], input="", capture_output=True, text=True)
+    assert again.stdout.strip() == "0"

@@ -9,7 +9,6 @@ loading stops with what changed instead of silently reusing a split for other da
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,13 +40,6 @@ def target_strings(targets: np.ndarray, classes: list[str]) -> list[str]:
     if targets.ndim == 1:
         return [classes[t] for t in targets]
     return [" ".join(classes[j] for j in np.flatnonzero(row)) for row in targets]
-
-
-def fingerprint(ids: list[str], targets: list[str]) -> str:
-    h = hashlib.sha256()
-    for i, t in sorted(zip(ids, targets)):
-        h.update(f"{i}\t{t}\n".encode())
-    return h.hexdigest()[:16]
 
 
 def make_folds(

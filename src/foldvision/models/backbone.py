@@ -8,8 +8,10 @@ training.
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from omegaconf import DictConfig
@@ -40,6 +42,41 @@ def _offline_hint(name: str, error: Exception) -> FoldvisionError:
     )
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection (behind a proxy: assumed so)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _hub_offline_when_unreachable() -> Iterator[None]:
+    """Without a network, huggingface_hub retries every request with back-off for a minute or more
+    before timm gives up. Probe the hub once; when it cannot be reached (or HF_HUB_OFFLINE is set,
+    even after import), switch huggingface_hub to offline mode for this call: cached weights still
+    load, missing ones fail at once with foldvision's message."""
+    try:
+        import huggingface_hub.constants as hub
+    except ImportError:  # timm without huggingface_hub: nothing to switch
+        yield
+        return
+    before = hub.HF_HUB_OFFLINE
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    hub.HF_HUB_OFFLINE = before or flag or not _hub_reachable()
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = before
+
+
 def create_backbone(cfg: DictConfig, num_classes: int, pretrained: bool | None = None) -> nn.Module:
     """timm.create_model from the `model` config group; a local weights file replaces the download.
 
@@ -64,19 +101,28 @@ def create_backbone(cfg: DictConfig, num_classes: int, pretrained: bool | None =
         # timm loads the file through its own pretrained path: the classifier is re-sized and
         # the first conv adapted to in_chans exactly as for hub weights.
         kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+    from_hub = use_pretrained and not weights_file
     try:
-        return timm.create_model(cfg.name, pretrained=use_pretrained, **kwargs)
-    except TypeError as e:
-        if "drop_path_rate" in str(e):
-            kwargs.pop("drop_path_rate")
-            return timm.create_model(cfg.name, pretrained=use_pretrained, **kwargs)
-        raise
+        with _hub_offline_when_unreachable() if from_hub else nullcontext():
+            return _create(cfg.name, use_pretrained, kwargs)
     except (OSError, RuntimeError, ValueError) as e:
-        if use_pretrained and not weights_file:
+        if from_hub:
             raise _offline_hint(cfg.name, e) from None
         if weights_file:
             raise FoldvisionError(f"cannot load model.weights_file={weights_file} into {cfg.name}: {e}") from None
         raise
+
+
+def _create(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as e:  # a model without stochastic depth
+        if "drop_path_rate" not in str(e):
+            raise
+        kwargs = {k: v for k, v in kwargs.items() if k != "drop_path_rate"}
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 
 def resolve_data_config(cfg: DictConfig, backbone: nn.Module, image_size: Any = None) -> dict[str, Any]:
