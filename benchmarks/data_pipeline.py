@@ -1,5 +1,6 @@
-"""The data pipeline alone: decoders (PIL, OpenCV) on JPEG and PNG, the datamodule's images/s by
-number of DataLoader workers, and the npy cache -- set against what the model consumes.
+"""The data pipeline alone: decoders (Pillow at full and at reduced JPEG scale, OpenCV, simplejpeg)
+on JPEG and PNG, the datamodule's images/s by number of DataLoader workers, and the npy cache --
+set against what the model consumes.
 
 python benchmarks/data_pipeline.py [--n 300] [--src 384] [--size 128] [--repeats 3]
 """
@@ -67,7 +68,11 @@ def main() -> None:
             ocv = rate(lambda: [cv2.cvtColor(cv2.imread(p, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for p in paths], a.n, a.repeats)
             d_ocv = np.abs(ref - cv2.cvtColor(cv2.imread(paths[0]), cv2.COLOR_BGR2RGB).astype(int)).max()
             line = f"  {fmt:4s}  load_image (Pillow) {pil:6.0f}   OpenCV {ocv:6.0f} (diff {d_ocv})"
-            if fmt == "jpeg":
+            if fmt == "jpeg":  # what training does: reduced-scale decode covering the input size
+                size = (a.size, a.size)
+                scaled = rate(lambda: [load_image(p, 3, size) for p in paths], a.n, a.repeats)
+                resized = [cv2.resize(x, size, interpolation=cv2.INTER_AREA).astype(int) for x in (load_image(paths[0]), load_image(paths[0], 3, size))]
+                line += f"   load_image(min_size={a.size}) {scaled:6.0f} (mean diff after resize {np.abs(resized[0] - resized[1]).mean():.2f})"
                 try:  # optional: pip install simplejpeg (libjpeg-turbo, JPEG only, no EXIF handling)
                     import simplejpeg
 
@@ -84,7 +89,7 @@ def main() -> None:
             print(line)
         print("\ntraining dataloader (decode + resize + augment + collate), img/s by workers:")
         for fmt, paths in files.items():
-            ds = ImageDataset(paths, np.zeros(a.n, dtype=np.int64), train_transform([a.size, a.size], aug), 3)
+            ds = ImageDataset(paths, np.zeros(a.n, dtype=np.int64), train_transform([a.size, a.size], aug), 3, decode_size=[a.size, a.size])
             row = []
             for workers in (0, 1, 2):
                 def one_epoch() -> None:

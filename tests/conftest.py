@@ -120,9 +120,10 @@ MACHINE_FIELDS = ("train_seconds", "rss_mb", "peak_rss_mb")
 
 
 def comparable_results(run_dir: Path) -> tuple[dict, pd.DataFrame]:
-    """cv_summary.json without timing/memory fields, and oof.csv: equal for equal training."""
+    """cv_summary.json without timing/memory fields, and oof.csv without the image paths (runs on
+    copies of the data in other folders compare equal): equal for equal training."""
     import json
 
     s = json.loads((run_dir / "cv_summary.json").read_text())
     folds = [{k: v for k, v in f.items() if k not in MACHINE_FIELDS} for f in s["folds"]]
-    return {"oof": s["oof"], "folds": folds}, pd.read_csv(run_dir / "oof.csv")
+    return {"oof": s["oof"], "folds": folds}, pd.read_csv(run_dir / "oof.csv").drop(columns="path")

@@ -71,3 +71,24 @@ def test_bad_files_name_the_file(tmp_path: Path, content) -> None:
 def test_missing_file_named(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError, match="nope.png"):
         load_image(tmp_path / "nope.png")
+
+
+def test_large_jpeg_decodes_at_reduced_scale_covering_the_target(tmp_path: Path) -> None:
+    """min_size: a JPEG 4x larger than the network input decodes smaller (faster) but still covers
+    the input on both sides, also when EXIF turns it; after the resize it matches a full decode."""
+    import cv2
+
+    yy, xx = np.mgrid[0:480, 0:640]
+    photo = np.stack([xx * 255 // 640, yy * 255 // 480, (xx + yy) * 255 // 1120], -1).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated: 480 wide, 640 tall
+    path = _save(Image.fromarray(photo), tmp_path / "big.jpg", quality=95, exif=exif.tobytes())
+    full = load_image(path)
+    fast = load_image(path, min_size=(150, 100))
+    assert full.shape == (640, 480, 3)
+    assert fast.shape[0] < full.shape[0] and fast.shape[0] >= 150 and fast.shape[1] >= 150
+    assert fast.shape[0] / fast.shape[1] == pytest.approx(640 / 480, rel=0.02)  # orientation kept
+    a, b = (cv2.resize(x, (100, 150), interpolation=cv2.INTER_AREA).astype(int) for x in (full, fast))
+    assert np.abs(a - b).mean() < 2.0
+    png = _save(Image.fromarray(photo), tmp_path / "big.png")
+    assert load_image(png, min_size=(150, 100)).shape == (480, 640, 3)  # only JPEG has a cheap scaled decode

@@ -92,3 +92,15 @@ def test_gpu_without_gpu_fails_before_data(tmp_path: Path) -> None:
     cfg = compose_cfg("trainer=gpu", "data.root=/nonexistent")
     with pytest.raises(FoldvisionError, match="trainer=cpu"):
         run_cv(cfg, tmp_path / "run")
+
+
+def test_task_head_must_fit_the_labels(folder_data: Path, csv_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A folder layout with the multi-label head is refused; single-label CSV rows under
+    task=multilabel get a warning naming task=multiclass."""
+    with pytest.raises(FoldvisionError, match="task=multiclass"):
+        run_cv(compose_cfg("data=folder", f"data.root={folder_data}", "task=multilabel"), tmp_path / "a")
+    from foldvision.cv import load_cv_data
+
+    with caplog.at_level("WARNING", logger="foldvision"):
+        load_cv_data(compose_cfg("data=csv", f"data.root={csv_data}", "task=multilabel", "cv.n_folds=3"))
+    assert "exactly one label" in caplog.text

@@ -78,6 +78,9 @@ def run_check(cfg: DictConfig, workers: int = 4) -> list[str]:
     try:
         task = create_task(cfg.task)
         targets = task.encode(table.labels, sep=cfg.data.get("label_sep") or " ")
+        from foldvision.cv import check_task_fits_data
+
+        check_task_fits_data(cfg, targets)
         counts = np.bincount(targets, minlength=task.num_outputs) if targets.ndim == 1 else targets.sum(0).astype(int)
         shown = ", ".join(f"{c}: {int(n)}" for c, n in list(zip(task.classes, counts))[:30])
         ok(f"task={task.name}: {task.num_outputs} {'classes' if task.name == 'multiclass' else 'labels'} ({shown}{' ...' if task.num_outputs > 30 else ''})")

@@ -71,7 +71,7 @@ class CVData:
         return ImageDataset(
             np.array(self.paths, dtype=object)[rows].tolist(), self.targets[rows], transform, channels,
             boxes=boxes[rows] if boxes is not None else None, margin=margin,
-            cache_file=cache_file, cache_rows=np.flatnonzero(rows) if cache_file else None,
+            cache_file=cache_file, cache_rows=np.flatnonzero(rows) if cache_file else None, decode_size=size,
         )
 
 
@@ -105,11 +105,30 @@ def _drop_unreadable(data: CVData, cfg: DictConfig, run_dir: Path) -> None:
     data.targets, data.folds = data.targets[keep], data.folds[keep]
 
 
+def check_task_fits_data(cfg: DictConfig, targets: np.ndarray) -> None:
+    """Catch the task head that does not fit the labels before hours of training: a folder layout
+    (one class per image) with the multi-label head is refused; a multi-label CSV where every image
+    has exactly one label gets a warning (exclusive classes want task=multiclass)."""
+    if targets.ndim != 2:
+        return
+    if cfg.data.source == "folder":
+        raise FoldvisionError(
+            "data=folder gives every image exactly one class (its sub-folder), but task=multilabel trains one "
+            "independent sigmoid per class. Use task=multiclass, or a CSV layout (data=csv / data=multihot) for multi-label data."
+        )
+    if len(targets) and (targets.sum(axis=1) == 1).all():
+        log.warning(
+            "task=multilabel, but every training image has exactly one label: if the classes exclude each other, "
+            "task=multiclass (softmax) is the right head."
+        )
+
+
 def load_cv_data(cfg: DictConfig, run_dir: Path | None = None) -> CVData:
     """Read the data, encode targets with the task and load (or make) the persisted folds."""
     table = read_table(cfg.data)
     task = create_task(cfg.task)
     targets = task.encode(table.labels, sep=cfg.data.get("label_sep") or " ")
+    check_task_fits_data(cfg, targets)
     strategy = resolve_strategy(cfg.cv.strategy, task.name)
     groups = table.train["group"].to_numpy() if "group" in table.train else None
     folds, fold_file = load_or_make_folds(

@@ -99,7 +99,9 @@ class MultiSizeDataset(torch.utils.data.Dataset):
         self.boxes, self.margin = boxes, margin
         self.keys = sorted(set(keys))
         self.transforms = {k: eval_transform(k[:2]) for k in self.keys}
-        self.channels = sorted({k[2] for k in self.keys})
+        # per channel count, the largest input any model takes: JPEGs decode at a reduced scale
+        # that still covers it (not with crop boxes, which are in full-resolution pixels)
+        self.decode_size = {c: max(max(k[:2]) for k in self.keys if k[2] == c) for c in {k[2] for k in self.keys}}
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -110,7 +112,10 @@ class MultiSizeDataset(torch.utils.data.Dataset):
         from foldvision.data.boxes import crop
 
         box = self.boxes[i] if self.boxes is not None else None
-        decoded = {c: crop(load_image(self.paths[i], c), box, self.margin) for c in self.channels}
+        if box is None:
+            decoded = {c: load_image(self.paths[i], c, (side, side)) for c, side in self.decode_size.items()}
+        else:
+            decoded = {c: crop(load_image(self.paths[i], c), box, self.margin) for c in self.decode_size}
         out = {}
         for key in self.keys:
             img = self.transforms[key](image=decoded[key[2]])["image"]

@@ -12,6 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.fabric.plugins.io.xla import XLACheckpointIO  # importable without torch_xla
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
@@ -21,6 +22,8 @@ from foldvision.io import fault_point, load_checkpoint
 
 # Keys of the trainer group that are foldvision's, not pl.Trainer's.
 FOLDVISION_TRAINER_KEYS = ("channels_last", "compile")
+# The precisions Lightning's XLAPrecision accepts (no AMP "-mixed" on XLA).
+XLA_PRECISIONS = ("32-true", "16-true", "bf16-true")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -46,6 +49,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if not get_filesystem(path).exists(path):
             raise FileNotFoundError(f"checkpoint {path} not found")
         return load_checkpoint(path, map_location or "cpu")
+
+
+class AtomicXLACheckpointIO(AtomicCheckpointIO, XLACheckpointIO):
+    """AtomicCheckpointIO for XLA (TPU). Lightning's XLA strategies refuse any CheckpointIO that is
+    not an XLACheckpointIO (TypeError). The checkpoint's tensors live on the XLA device, and
+    torch.save would store them as XLA tensors, which a machine without torch-xla cannot load
+    (unless it passes map_location): they are copied to CPU first, in one batched transfer as
+    Lightning's own XLACheckpointIO does, then written atomically like on CPU/GPU."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+        import torch_xla.core.xla_model as xm
+
+        super().save_checkpoint(xm._maybe_convert_to_cpu(checkpoint, convert=True), path, storage_options)
 
 
 class EpochSeed(pl.Callback):
@@ -125,22 +141,40 @@ def check_accelerator(trainer_cfg: DictConfig) -> None:
             import torch_xla  # noqa: F401
         except ImportError:
             raise FoldvisionError(
-                "trainer.accelerator=tpu needs torch-xla: install the TPU extra in its own environment "
-                '(pip install -e ".[tpu]"), or use trainer=cpu / trainer=gpu.'
+                "trainer.accelerator=tpu needs torch-xla: install foldvision's [tpu] extra in its own, fresh environment "
+                '(pip install -e ".[tpu]", see docs/tpu.md), or use trainer=cpu / trainer=gpu.'
             ) from None
+        # Lightning's XLAPrecision takes these only; say so before the data is read, not at Trainer()
+        precision = str(trainer_cfg.get("precision", "32-true"))
+        if precision not in (*XLA_PRECISIONS, "32"):  # "32": Lightning's alias of 32-true
+            raise FoldvisionError(f"trainer.precision={precision} is not supported on TPU (XLA): use one of {', '.join(XLA_PRECISIONS)}.")
+
+
+def uses_xla(accelerator: str) -> bool:
+    """Whether Lightning trains on an XLA device: accelerator=tpu, or auto where Lightning's auto
+    choice (which tries XLA first) finds TPU chips."""
+    if accelerator == "tpu":
+        return True
+    if accelerator != "auto":
+        return False
+    from lightning.pytorch.accelerators import XLAAccelerator
+
+    return XLAAccelerator.is_available()  # False at once without torch_xla
 
 
 def describe_device(trainer_cfg: DictConfig) -> str:
     """One line naming the device training will use (printed at start)."""
     acc = str(trainer_cfg.get("accelerator", "cpu"))
     if acc == "auto":
-        acc = "gpu" if torch.cuda.is_available() else "cpu"
+        acc = "tpu" if uses_xla(acc) else "gpu" if torch.cuda.is_available() else "cpu"
     devices = trainer_cfg.get("devices", 1)
     extra = f"precision {trainer_cfg.get('precision')}, strategy {trainer_cfg.get('strategy', 'auto')}"
     if acc in ("gpu", "cuda") and torch.cuda.is_available():
         return f"device: {devices} x {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}), {extra}"
     if acc == "tpu":
-        return f"device: TPU x {devices} (torch-xla), {extra}"
+        # no torch_xla runtime call here: on a TPU VM the parent process must not claim the chips
+        # before Lightning spawns one process per device
+        return f"device: TPU x {devices} (torch-xla, PJRT_DEVICE={os.environ.get('PJRT_DEVICE', 'auto')}), {extra}"
     return f"device: CPU x {devices} process(es), {torch.get_num_threads()} torch threads each, {extra}"
 
 
@@ -154,6 +188,7 @@ def build_trainer(cfg: DictConfig, fold_dir: Path, monitor: str, mode: str = "ma
     for k in FOLDVISION_TRAINER_KEYS:
         tcfg.pop(k, None)
     tcfg = {k: v for k, v in tcfg.items() if v is not None}
+    _single_gpu_devices(tcfg)
     cb_cfg = cfg.callbacks
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(
@@ -183,13 +218,27 @@ def build_trainer(cfg: DictConfig, fold_dir: Path, monitor: str, mode: str = "ma
         default_root_dir=str(fold_dir),
         callbacks=callbacks,
         logger=loggers or False,
-        plugins=[AtomicCheckpointIO()],
+        # Lightning's XLA strategies accept only an XLACheckpointIO
+        plugins=[AtomicXLACheckpointIO() if uses_xla(str(tcfg.get("accelerator", "cpu"))) else AtomicCheckpointIO()],
         enable_model_summary=False,
         # EpochSampler shards the training set itself (seeded, resumable); validation is not sharded,
         # so no padded duplicates reach the metrics
         use_distributed_sampler=False,
         **tcfg,
     )
+
+
+def _single_gpu_devices(tcfg: dict[str, Any]) -> None:
+    """trainer.devices=1 on a machine with several GPUs: take a free one (see claim_gpu)."""
+    if str(tcfg.get("accelerator")) not in ("gpu", "cuda", "auto") or tcfg.get("devices", 1) not in (1, "1"):
+        return
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        return
+    from foldvision.devices import claim_gpu
+
+    index = claim_gpu(torch.cuda.device_count())
+    tcfg["devices"] = [index]
+    logging.getLogger("foldvision").info("training on cuda:%d (a GPU no other foldvision job holds)", index)
 
 
 def global_rank() -> int:

@@ -51,9 +51,10 @@ def build_cache(
     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), h, w, channels))
 
     def fill(i: int) -> None:
-        img = load_image(paths[i], channels)
-        if boxes is not None:
-            img = crop(img, boxes[i], margin)
+        if boxes is None:
+            img = load_image(paths[i], channels, (h, w))
+        else:  # boxes are in full-resolution pixels
+            img = crop(load_image(paths[i], channels), boxes[i], margin)
         out = resize(image=img)["image"]
         array[i] = out.reshape(h, w, channels)
 

@@ -20,6 +20,7 @@ class ImageDataset(Dataset):
     cache_file: a `.npy` of already decoded, cropped and resized images (data/cache.py);
                 `cache_rows[i]` is row i's position in it. Opened lazily, memory-mapped, in each
                 worker process.
+    decode_size: the (h, w) the transform resizes to: large JPEGs decode at a reduced scale
     """
 
     def __init__(
@@ -32,6 +33,7 @@ class ImageDataset(Dataset):
         margin: float = 0.0,
         cache_file: str | None = None,
         cache_rows: np.ndarray | None = None,
+        decode_size: Sequence[int] | None = None,
     ) -> None:
         self.paths = list(paths)
         self.targets = targets
@@ -42,6 +44,8 @@ class ImageDataset(Dataset):
         self.cache_file = cache_file
         self.cache_rows = cache_rows
         self._cache: np.ndarray | None = None
+        # JPEGs decoded at a reduced scale no smaller than this (see load_image); not with boxes
+        self.decode_size = decode_size if boxes is None else None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -51,7 +55,7 @@ class ImageDataset(Dataset):
             if self._cache is None:
                 self._cache = np.load(self.cache_file, mmap_mode="r")
             return np.array(self._cache[self.cache_rows[i] if self.cache_rows is not None else i])
-        image = load_image(self.paths[i], self.channels)
+        image = load_image(self.paths[i], self.channels, self.decode_size)
         if self.boxes is not None:
             image = crop(image, self.boxes[i], self.margin)
         return image

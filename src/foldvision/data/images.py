@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -43,14 +44,23 @@ def _flatten_alpha(img: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba)
 
 
-def load_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
+def load_image(path: str | os.PathLike, channels: int = 3, min_size: Sequence[int] | None = None) -> np.ndarray:
     """Read `path` as a uint8 array of shape (H, W, channels), channels 1 or 3.
+
+    min_size: the (h, w) the caller will resize the image down to. A JPEG larger than that is then
+    decoded at a reduced scale (libjpeg's DCT scaling by 1/2, 1/4 or 1/8) that still covers it on
+    both sides, whatever the EXIF rotation: 1.5-4x faster for photos resized for a network, and
+    the resize that follows sees an equally good downscale. Leave it None when pixels must be at
+    full resolution (crop boxes are given in full-resolution pixels).
 
     Raises ImageReadError naming the file when it is missing, empty or undecodable.
     """
     path = Path(path)
     try:
         with Image.open(path) as img:
+            if min_size is not None and img.format == "JPEG":
+                side = max(int(s) for s in min_size)
+                img.draft(None, (side, side))  # both sides >= side: rotation-proof
             img = ImageOps.exif_transpose(img)  # phone photos: respect the orientation tag
             img.load()
             if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
