@@ -33,6 +33,11 @@ def test_multiclass_folder_full_cv(folder_data: Path, tmp_path: Path) -> None:
     assert set(summary["oof"]) == {"accuracy", "f1_macro"}
     oof = pd.read_csv(tmp_path / "run" / "oof.csv")
     assert list(oof.columns) == ["id", "path", "fold", "target", "prob_cat", "prob_dog", "prob_fox"]
+    # atomic writes go through private temp files; what lands has the user's usual permissions
+    from foldvision.io import FILE_MODE
+
+    for name in ("oof.csv", "cv_summary.json", "fold_0/best.ckpt", "fold_0/last.ckpt", "report/report.html"):
+        assert (tmp_path / "run" / name).stat().st_mode & 0o777 == FILE_MODE, name
     assert oof[["prob_cat", "prob_dog", "prob_fox"]].sum(axis=1).round(4).eq(1).all()
 
 

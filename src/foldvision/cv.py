@@ -202,7 +202,7 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
         freeze_epochs=int(cfg.model.get("freeze_epochs") or 0),
     )
     monitor = f"val/{data.task.main_metric}"
-    trainer = build_trainer(cfg, fold_dir, monitor)
+    trainer = build_trainer(cfg, fold_dir, monitor, batches_per_epoch=max(1, len(train_set) // int(cfg.data.batch_size)))
     fit_module = torch.compile(module) if cfg.trainer.get("compile") else module  # Lightning unwraps it for checkpoints
     last = fold_dir / "last.ckpt"
     t0 = time.time()
@@ -312,7 +312,9 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     from rich.table import Table
 
     folds = summary["folds"]
-    table = Table(title=f"CV summary: {summary['task']}, {len(folds)}/{summary['n_folds']} folds, main metric {summary['main_metric']}")
+    # the title as its own line: rich wraps a title to the table's width
+    title = f"CV summary: {summary['task']}, {len(folds)}/{summary['n_folds']} folds, main metric {summary['main_metric']}"
+    table = Table()
     table.add_column("metric")
     for r in folds:
         table.add_column(f"fold {r['fold']}", justify="right")
@@ -323,6 +325,7 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     table.add_row("best epoch", *[str(r["best_epoch"]) for r in folds], "", "")
     table.add_row("train s", *[f"{r['train_seconds']:.0f}" for r in folds], "", f"{summary['train_seconds']:.0f}")
     console = Console(width=max(100, 24 + 12 * len(folds)))
+    console.print(f"[bold]{title}[/bold]")
     console.print(table)
     console.print(f"run folder: {run_dir}")
 

@@ -46,8 +46,8 @@ def tune_thresholds(task: Task, probs: np.ndarray, targets: np.ndarray, per_labe
     grid = np.round(np.arange(0.05, 0.951, 0.01), 2)
     metric = task.main_metric
     if not per_label:
-        scores = [task.score(probs, targets, t)[metric] for t in grid]
-        return np.full(probs.shape[1], grid[int(np.argmax(scores))], dtype=np.float32)
+        scores = np.array([task.score(probs, targets, t)[metric] for t in grid])
+        return np.full(probs.shape[1], _nearest_half(grid, scores), dtype=np.float32)
     thr = np.empty(probs.shape[1], dtype=np.float32)
     y = targets.astype(bool)
     for j in range(probs.shape[1]):
@@ -59,7 +59,11 @@ def tune_thresholds(task: Task, probs: np.ndarray, targets: np.ndarray, per_labe
             s = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
         else:  # label_accuracy, exact_match: per-label accuracy
             s = (pred == y[:, j]).mean(1)
-        # prefer the threshold nearest 0.5 among ties: less overfit to the OOF rows
-        best = np.flatnonzero(s == s.max())
-        thr[j] = grid[best[np.argmin(np.abs(grid[best] - 0.5))]]
+        thr[j] = _nearest_half(grid, s)
     return thr
+
+
+def _nearest_half(grid: np.ndarray, scores: np.ndarray) -> float:
+    """The best-scoring threshold; among ties the one nearest 0.5 (less overfit to the OOF rows)."""
+    best = np.flatnonzero(scores == scores.max())
+    return float(grid[best[np.argmin(np.abs(grid[best] - 0.5))]])

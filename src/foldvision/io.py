@@ -13,6 +13,19 @@ import numpy as np
 import pandas as pd
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp/mkdtemp create private files (0600/0700); what foldvision writes gets the permissions
+# any other file of the user would (0644/0755 under the usual umask), so teammates can read runs.
+_UMASK = _read_umask()
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
+
+
 def fault_point(name: str) -> None:
     """Fault injection for the kill tests: SIGKILL this process at the named point when
     FOLDVISION_KILL_AT names it (e.g. `replace:last.ckpt`). A no-op otherwise."""
@@ -36,6 +49,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
+            os.fchmod(f.fileno(), FILE_MODE)
             os.fsync(f.fileno())
         fault_point(f"replace:{path.name}")  # written, not yet in place
         os.replace(tmp, path)

@@ -203,7 +203,11 @@ def oof_ensemble(cfg: DictConfig, runs: list[RunInfo], weights: list[float]) -> 
     targets = task.targets_from_columns(oofs[0])
     member_probs = [o[task.prob_columns()].to_numpy(dtype=np.float32) for o in oofs]
     probs = combine(member_probs, weights, cfg.average, multiclass=task.name == "multiclass")
-    report = {"rows": len(common), "members": {str(r.path): task.score(p, targets) for r, p in zip(runs, member_probs)}}
+    report = {
+        "rows": len(common),
+        "members": {str(r.path): task.score(p, targets) for r, p in zip(runs, member_probs)},
+        "member_probs": {str(r.path): p for r, p in zip(runs, member_probs)},  # rescored once thresholds are known
+    }
     return probs, targets, report
 
 
@@ -296,6 +300,9 @@ def run_predict(cfg: DictConfig) -> Path:
         report = {}
     thresholds = _thresholds(cfg, task, oof_probs, oof_targets)
     if oof_probs is not None:
+        if thresholds is not None:  # members at the ensemble's thresholds: a like-for-like comparison
+            report["members"] = {name: task.score(p, oof_targets, thresholds) for name, p in report.pop("member_probs").items()}
+        report.pop("member_probs", None)
         report["ensemble"] = task.score(oof_probs, oof_targets, thresholds)
         report.update({"average": cfg.average, "weights": weights, "thresholds": thresholds})
 
@@ -373,7 +380,7 @@ def _print_report(report: dict[str, Any], task: Task) -> None:
     from rich.table import Table
 
     metrics = list(report["ensemble"])
-    table = Table(title=f"OOF score of the ensemble ({report['rows']} rows)")
+    table = Table()
     table.add_column("member")
     for m in metrics:
         table.add_column(m, justify="right")
@@ -381,9 +388,11 @@ def _print_report(report: dict[str, Any], task: Task) -> None:
         table.add_row(Path(name).name, *[f"{scores[m]:.4f}" for m in metrics])
     table.add_row("ensemble", *[f"{report['ensemble'][m]:.4f}" for m in metrics], style="bold green")
     console = Console(width=110)
+    console.print(f"[bold]OOF score of the ensemble and its members ({report['rows']} rows)[/bold]")
     console.print(table)
     if "test" in report:
-        t = Table(title="Score on the test answers")
+        console.print("[bold]Score on the test answers[/bold]")
+        t = Table()
         t.add_column("model")
         for m in metrics:
             t.add_column(m, justify="right")

@@ -18,7 +18,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from foldvision.errors import FoldvisionError
-from foldvision.io import fault_point, load_checkpoint
+from foldvision.io import FILE_MODE, fault_point, load_checkpoint
 
 # Keys of the trainer group that are foldvision's, not pl.Trainer's.
 FOLDVISION_TRAINER_KEYS = ("channels_last", "compile")
@@ -38,6 +38,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             with os.fdopen(fd, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()
+                os.fchmod(f.fileno(), FILE_MODE)
                 os.fsync(f.fileno())
             fault_point(f"replace:{path.name}")
             os.replace(tmp, path)
@@ -98,6 +99,11 @@ def quiet_lightning_logging() -> None:
             lg.removeHandler(h)
     for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropTips())
+    import warnings
+
+    # Lightning 2.6 (its newest release) calls torch's deprecated pytree LeafSpec API itself, once
+    # per fold; nothing a user or foldvision can change, so this one message is not shown.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 class EpochLog(pl.Callback):
@@ -178,8 +184,11 @@ def describe_device(trainer_cfg: DictConfig) -> str:
     return f"device: CPU x {devices} process(es), {torch.get_num_threads()} torch threads each, {extra}"
 
 
-def build_trainer(cfg: DictConfig, fold_dir: Path, monitor: str, mode: str = "max") -> pl.Trainer:
-    """A Trainer writing best.ckpt (by `monitor`), last.ckpt and metrics.csv into `fold_dir`."""
+def build_trainer(cfg: DictConfig, fold_dir: Path, monitor: str, mode: str = "max", batches_per_epoch: int | None = None) -> pl.Trainer:
+    """A Trainer writing best.ckpt (by `monitor`), last.ckpt and metrics.csv into `fold_dir`.
+
+    `batches_per_epoch` caps trainer.log_every_n_steps so that small datasets still log their
+    training loss every epoch (Lightning warns, and logs nothing, when an epoch is shorter)."""
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -189,6 +198,8 @@ def build_trainer(cfg: DictConfig, fold_dir: Path, monitor: str, mode: str = "ma
         tcfg.pop(k, None)
     tcfg = {k: v for k, v in tcfg.items() if v is not None}
     _single_gpu_devices(tcfg)
+    if batches_per_epoch:
+        tcfg["log_every_n_steps"] = max(1, min(int(tcfg.get("log_every_n_steps", 50)), batches_per_epoch))
     cb_cfg = cfg.callbacks
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(

@@ -117,16 +117,23 @@ def plot_fold_curves(run_dir: Path, main_metric: str, path: Path) -> Path | None
     for i, (name, m) in enumerate(curves.items()):
         color = f"C{i}"
         if "train/loss_epoch" in m:
-            ax_loss.plot(m["epoch"], m["train/loss_epoch"], color=color, ls="--", alpha=0.7)
+            ax_loss.plot(m["epoch"], m["train/loss_epoch"], color=color, ls="--", marker="x", alpha=0.7)
         if "val/loss" in m:
-            ax_loss.plot(m["epoch"], m["val/loss"], color=color, label=name)
+            ax_loss.plot(m["epoch"], m["val/loss"], color=color, marker=".", label=name)
         if f"val/{main_metric}" in m:
             ax_metric.plot(m["epoch"], m[f"val/{main_metric}"], color=color, marker=".", label=name)
     ax_loss.set(title="loss (dashed: train, solid: validation)", xlabel="epoch")
     ax_metric.set(title=f"validation {main_metric}", xlabel="epoch")
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = sorted({int(e) for m in curves.values() for e in m["epoch"]})
     for ax in (ax_loss, ax_metric):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+        if len(epochs) <= 20:  # whole epochs only (matplotlib would tick 0.02 steps around one epoch)
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _save(fig, path)
 
 
