@@ -73,7 +73,11 @@ def test_cache_key_follows_the_files(folder_data: Path, tmp_path: Path) -> None:
     first = build_cache(paths, [16, 16], 3, tmp_path)
     assert build_cache(paths, [16, 16], 3, tmp_path) == first  # reused
     save_image(Path(paths[0]), np.zeros((24, 24, 3), np.uint8))  # an image changed
-    assert build_cache(paths, [16, 16], 3, tmp_path) != first
+    second = build_cache(paths, [16, 16], 3, tmp_path)
+    assert second != first
+    boxes = np.tile([2.0, 2.0, 20.0, 20.0], (len(paths), 1))
+    cropped = build_cache(paths, [16, 16], 3, tmp_path, boxes=boxes, margin=0.1)
+    assert cropped != second and build_cache(paths, [16, 16], 3, tmp_path, boxes=boxes, margin=0.2) != cropped  # the margin too
 
 
 def test_worker_error_names_the_file(folder_data: Path, tmp_path: Path) -> None:

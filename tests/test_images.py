@@ -92,3 +92,46 @@ def test_large_jpeg_decodes_at_reduced_scale_covering_the_target(tmp_path: Path)
     assert np.abs(a - b).mean() < 2.0
     png = _save(Image.fromarray(photo), tmp_path / "big.png")
     assert load_image(png, min_size=(150, 100)).shape == (480, 640, 3)  # only JPEG has a cheap scaled decode
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("channels", [1, 3])
+def test_fast_jpeg_path_equals_pillow_for_every_orientation(tmp_path: Path, orientation: int, channels: int) -> None:
+    """JPEGs decode through simplejpeg; EXIF orientation and grayscale come out as Pillow shows them,
+    pixel for pixel, for colour and for grayscale files."""
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(orientation)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    for mode in ("RGB", "L"):
+        img = Image.fromarray(rng.integers(0, 255, (24, 40, 3), dtype=np.uint8)).convert(mode)
+        path = _save(img, tmp_path / f"o_{mode}.jpg", quality=95, exif=exif.tobytes())
+        with Image.open(path) as ref:
+            expected = np.asarray(ImageOps.exif_transpose(ref).convert("L" if channels == 1 else "RGB"))
+        got = load_image(path, channels)
+        assert np.array_equal(got[..., 0] if channels == 1 else got, expected), mode
+
+
+def test_cmyk_and_truncated_jpegs_go_through_pillow(tmp_path: Path) -> None:
+    rgb = np.full((16, 16, 3), (200, 30, 30), np.uint8)
+    cmyk = _save(Image.fromarray(rgb).convert("CMYK"), tmp_path / "c.jpg", quality=95)
+    assert np.abs(load_image(cmyk).astype(int) - rgb).max() < 12
+    buf = io.BytesIO()
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(buf, format="JPEG")
+    (tmp_path / "t.jpg").write_bytes(buf.getvalue()[:-40])  # the end of the scan is missing
+    with pytest.raises(ImageReadError, match="t.jpg"):
+        load_image(tmp_path / "t.jpg")
+
+
+def test_jpegs_take_the_fast_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RGB and gray JPEGs never reach Pillow's decoder (the speed-up is real, not a silent fallback)."""
+    import foldvision.data.images as images
+
+    def pillow_decode(*args, **kwargs):
+        raise AssertionError("decoded by Pillow")
+
+    monkeypatch.setattr(images, "_decode_pillow", pillow_decode)
+    rgb = _save(Image.fromarray(np.zeros((8, 8, 3), np.uint8)), tmp_path / "a.jpg")
+    gray = _save(Image.fromarray(np.zeros((8, 8), np.uint8)), tmp_path / "b.jpg")
+    assert load_image(rgb, 3, min_size=(4, 4)).shape[2] == 3 and load_image(gray, 1).shape == (8, 8, 1)

@@ -163,3 +163,25 @@ def test_repvgg_fused_matches_unfused() -> None:
     n_convs = lambda m: sum(isinstance(c, torch.nn.Conv2d) for c in m.modules())  # noqa: E731
     assert n_convs(fused) < n_convs(model)
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_options_checked_before_any_model_loads(multiclass_run: Path) -> None:
+    with pytest.raises(FoldvisionError, match="weights"):
+        run_predict(_predict_cfg(f"runs=[{multiclass_run}]", "weights=[-1]"))
+    with pytest.raises(FoldvisionError, match="average=rank.*submission_format=probs"):
+        run_predict(_predict_cfg(f"runs=[{multiclass_run}]", "average=rank"))
+    out = run_predict(_predict_cfg(f"runs=[{multiclass_run}]", "tta=hflip", "folds=1", "average=rank", "submission_format=probs"))
+    sub = pd.read_csv(out)  # one TTA name and one fold need no list; rank scores go out as scores
+    assert list(sub.columns) == ["id", "cat", "dog", "fox"] and sub[["cat", "dog", "fox"]].max().max() <= 1.0
+
+
+def test_probs_follow_the_sample_submission_order(multilabel_run: Path, multihot_data: Path) -> None:
+    """submission.csv, probs.npy and probs.csv share the sample's row order, even when the sample
+    lists the test ids in another order than the test CSV."""
+    sample = pd.read_csv(multihot_data / "sample_submission.csv")
+    sample.iloc[::-1].to_csv(multihot_data / "reversed.csv", index=False)
+    out = run_predict(_predict_cfg(f"runs=[{multilabel_run}]", f"sample_submission={multihot_data / 'reversed.csv'}"))
+    sub, probs = pd.read_csv(out), pd.read_csv(out.parent / "probs.csv")
+    assert sub["index"].tolist() == sample["index"].tolist()[::-1] == probs["id"].tolist()
+    np.testing.assert_allclose(np.load(out.parent / "probs.npy"), probs.filter(like="prob_").to_numpy(), atol=1e-6)
+    assert (sub[["a", "b", "c", "d"]].to_numpy() == (probs.filter(like="prob_").to_numpy() >= 0.5)).all()

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import compose_cfg, multihot_overrides
 from foldvision.cv import load_cv_data
-from foldvision.data.sources import read_table
+from foldvision.data.sources import read_table, read_test_table
 from foldvision.errors import FoldvisionError
 
 
@@ -17,14 +17,14 @@ def test_folder_layout(folder_data: Path) -> None:
     cfg = compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass")
     table = read_table(cfg.data)
     assert len(table.train) == 30 and sorted(table.labels.unique()) == ["cat", "dog", "fox"]
-    assert len(table.test) == 4
+    assert len(read_test_table(cfg.data)) == 4
 
 
 def test_csv_layout_ids_without_extension(csv_data: Path) -> None:
     cfg = compose_cfg("data=csv", f"data.root={csv_data}", "task=multiclass", "data.test_csv=sample_submission.csv", "data.test_image_dir=test_images")
     table = read_table(cfg.data)
     assert table.train["path"].str.endswith(".jpg").all()
-    assert table.test["id"].tolist()[0] == "x0.png"  # ids keep the sample submission's spelling
+    assert read_test_table(cfg.data)["id"].tolist()[0] == "x0.png"  # ids keep the sample submission's spelling
     data = load_cv_data(cfg)
     assert data.task.classes == ["0", "1", "2"]
 
@@ -89,9 +89,48 @@ def test_multiclass_on_multihot_data_is_refused(multihot_data: Path) -> None:
 def test_builtin_datasets_written_once(tmp_path: Path) -> None:
     cfg = compose_cfg(f"paths.data_dir={tmp_path}")
     t1 = read_table(cfg.data)
-    assert len(t1.train) == 2000 and len(t1.test) == 500 and list(t1.labels.columns) == [str(d) for d in range(10)]
+    assert len(t1.train) == 2000 and len(read_test_table(cfg.data)) == 500 and list(t1.labels.columns) == [str(d) for d in range(10)]
     mtime = (tmp_path / "demo_letters" / "train.csv").stat().st_mtime
     read_table(cfg.data)
     assert (tmp_path / "demo_letters" / "train.csv").stat().st_mtime == mtime
-    digits = read_table(compose_cfg(f"paths.data_dir={tmp_path}", "data=demo_digits", "task=multiclass").data)
-    assert sorted(digits.labels.unique(), key=int) == [str(d) for d in range(10)] and len(digits.test) == 397
+    digits_cfg = compose_cfg(f"paths.data_dir={tmp_path}", "data=demo_digits", "task=multiclass").data
+    digits = read_table(digits_cfg)
+    assert sorted(digits.labels.unique(), key=int) == [str(d) for d in range(10)] and len(read_test_table(digits_cfg)) == 397
+
+
+def test_labels_and_ids_are_read_as_written(csv_data: Path, tmp_path: Path) -> None:
+    """Zero-padded or NA-like class names stay the strings in the file, through training and OOF."""
+    from foldvision.cv import run_cv
+
+    df = pd.read_csv(csv_data / "train.csv")
+    df["label"] = ["007", "012", "None"] * 8
+    df.to_csv(csv_data / "train.csv", index=False)
+    cfg = compose_cfg("data=csv", f"data.root={csv_data}", "task=multiclass", "cv.n_folds=3", "cv.folds=[0]")
+    assert load_cv_data(cfg).task.classes == ["007", "012", "None"]
+    run_cv(cfg, tmp_path / "run")  # the OOF file is read back with the same names
+    oof = pd.read_csv(tmp_path / "run" / "oof.csv", dtype=str, keep_default_na=False)
+    assert set(oof["target"]) == {"007", "012", "None"}
+
+
+def test_test_set_is_never_the_training_images(csv_data: Path) -> None:
+    """A CSV layout without a test CSV has no test set (the train image dir is not listed); with a
+    sample submission alone, its ids are the test ids, resolved like training ids."""
+    cfg = compose_cfg("data=csv", f"data.root={csv_data}", "task=multiclass")
+    assert read_test_table(cfg.data) is None
+    cfg = compose_cfg("data=csv", f"data.root={csv_data}", "task=multiclass", "data.sample_submission=sample_submission.csv", "data.test_image_dir=test_images")
+    assert read_test_table(cfg.data)["id"].tolist() == [f"x{i}.png" for i in range(5)]
+
+
+def test_folder_layout_sample_ids_with_extension(folder_data: Path) -> None:
+    pd.DataFrame({"id": [f"t{i}.jpg" for i in range(4)], "label": "cat"}).to_csv(folder_data / "sub.csv", index=False)
+    cfg = compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "data.sample_submission=sub.csv")
+    test = read_test_table(cfg.data)
+    assert test["id"].tolist() == [f"t{i}.jpg" for i in range(4)] and test["path"].notna().all()
+
+
+def test_missing_test_image_does_not_stop_training(csv_data: Path) -> None:
+    cfg = compose_cfg("data=csv", f"data.root={csv_data}", "task=multiclass", "data.test_csv=sample_submission.csv", "data.test_image_dir=test_images")
+    (csv_data / "test_images" / "x3.png").unlink()
+    assert len(load_cv_data(cfg).table.train) == 24
+    with pytest.raises(FoldvisionError, match=r"x3.*test_image_dir"):
+        read_test_table(cfg.data)

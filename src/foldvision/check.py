@@ -89,7 +89,14 @@ def run_check(cfg: DictConfig, workers: int = 4) -> list[str]:
         return problems
 
     paths = [p for p in table.train["path"] if isinstance(p, str)]
-    test_paths = table.test["path"].tolist() if table.test is not None else []
+    from foldvision.data.sources import read_test_table
+
+    try:
+        test = read_test_table(cfg.data)
+    except FoldvisionError as e:
+        bad(f"test set: {e}")
+        test = None
+    test_paths = test["path"].tolist() if test is not None else []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(_probe, paths + test_paths))
     errors = [r[0] for r in results if r[0]]

@@ -26,7 +26,7 @@ from foldvision.config import prepare_run_dir
 from foldvision.data.folds import load_or_make_folds, resolve_strategy
 from foldvision.data.sources import DataTable, read_table
 from foldvision.errors import FoldvisionError
-from foldvision.io import load_checkpoint, read_json, write_csv, write_json
+from foldvision.io import load_checkpoint, read_json, read_oof, write_csv, write_json
 from foldvision.tasks import Task, create_task
 
 log = logging.getLogger("foldvision")
@@ -283,7 +283,7 @@ def summarize(run_dir: Path, task: Task, n_folds: int, wall_seconds: float | Non
     results = fold_results(run_dir)
     if not results:
         raise FoldvisionError(f"{run_dir}: no finished fold (fold_<k>/result.json) to summarise.")
-    oof = pd.concat([pd.read_csv(run_dir / f"fold_{k}" / "oof.csv", dtype={"id": str}) for k in sorted(results)], ignore_index=True)
+    oof = pd.concat([read_oof(run_dir / f"fold_{k}" / "oof.csv") for k in sorted(results)], ignore_index=True)
     write_csv(run_dir / "oof.csv", oof)
     oof_scores = task.score(oof[task.prob_columns()].to_numpy(), task.targets_from_columns(oof))
     per_metric = {m: [r["scores"][m] for r in results.values()] for m in oof_scores}

@@ -80,6 +80,12 @@ def write_csv(path: str | os.PathLike, df: pd.DataFrame) -> None:
         df.to_csv(f, index=False)
 
 
+def read_oof(path: str | os.PathLike) -> pd.DataFrame:
+    """An oof.csv with ids, paths and class names kept as written: "007" stays "007", a class
+    called "None" or "NA" stays a class (pandas would make them 7 and NaN)."""
+    return pd.read_csv(path, dtype={"id": str, "path": str, "target": str}, keep_default_na=False)
+
+
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     with atomic_open(path, "wb") as f:
         np.save(f, array, allow_pickle=False)

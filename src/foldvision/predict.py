@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from foldvision.config import load_run_config
 from foldvision.ensemble import combine, tune_thresholds
 from foldvision.errors import FoldvisionError
-from foldvision.io import load_checkpoint, read_json, write_csv, write_json, write_npy
+from foldvision.io import load_checkpoint, read_json, read_oof, write_csv, write_json, write_npy
 from foldvision.tasks import Task, create_task
 
 log = logging.getLogger("foldvision")
@@ -166,7 +166,7 @@ def _oof(run: RunInfo) -> pd.DataFrame:
     path = run.path / "oof.csv"
     if not path.is_file():
         raise FoldvisionError(f"{path} missing: the run has no out-of-fold predictions yet.")
-    return pd.read_csv(path, dtype={"id": str})
+    return read_oof(path)
 
 
 def _thresholds(cfg: DictConfig, task: Task, oof_probs: np.ndarray | None, oof_targets: np.ndarray | None) -> np.ndarray | None:
@@ -218,12 +218,12 @@ def format_submission(task: Task, ids: list[str], probs: np.ndarray, thresholds:
     """The submission table: in `sample`'s ids, order and columns when given."""
     if sample is not None:
         id_col = sample.columns[0]
-        order = pd.Series(range(len(ids)), index=ids)
-        rows = order.loc[sample[id_col]].to_numpy()
-        ids, probs = sample[id_col].tolist(), probs[rows]
+        if sample[id_col].tolist() != list(ids):
+            raise ValueError("format_submission: rows must come in the sample's order (align_to_sample)")
         value_cols = list(sample.columns[1:])
         if set(value_cols) == set(task.classes) and len(value_cols) == len(task.classes):
-            fmt = "columns" if task.name == "multilabel" else "probs"
+            # one column per class: probabilities (multiclass, or multilabel scored by AUC), else 0/1
+            fmt = "probs" if task.name == "multiclass" or fmt == "probs" else "columns"
         elif task.name == "multiclass" and len(value_cols) == 2 and value_cols[1].lower() in CONFIDENCE_COLUMNS:
             fmt = "label_conf"  # Dacon landmarks: landmark_id,conf
         elif len(value_cols) == 1:
@@ -254,7 +254,10 @@ def format_submission(task: Task, ids: list[str], probs: np.ndarray, thresholds:
             raise FoldvisionError(f"submission_format={fmt!r}: multiclass takes label | index | label_conf | probs.")
     else:
         binary = task.decode(probs, thresholds)
-        if fmt == "columns":
+        if fmt == "probs":  # scores per label, for AUC-type metrics
+            for c in value_cols or task.classes:
+                out[c] = probs[:, task.classes.index(c)]
+        elif fmt == "columns":
             cols = value_cols or task.classes
             for c in cols:
                 out[c] = binary[:, task.classes.index(c)]
@@ -262,8 +265,33 @@ def format_submission(task: Task, ids: list[str], probs: np.ndarray, thresholds:
             col = value_cols[0] if value_cols else "labels"
             out[col] = [" ".join(task.classes[j] for j in np.flatnonzero(r)) for r in binary]
         else:
-            raise FoldvisionError(f"submission_format={fmt!r}: multilabel takes columns | labels.")
+            raise FoldvisionError(f"submission_format={fmt!r}: multilabel takes columns | labels | probs.")
     return out
+
+
+def align_to_sample(ids: list[str], arrays: list[np.ndarray], sample: pd.DataFrame | None) -> tuple[list[str], list[np.ndarray]]:
+    """Rows reordered to the sample submission's ids, so that the submission, probs.npy and
+    probs.csv share one order."""
+    if sample is None:
+        return ids, arrays
+    order = pd.Series(range(len(ids)), index=ids).loc[sample.iloc[:, 0]].to_numpy()
+    return [ids[i] for i in order], [a[order] for a in arrays]
+
+
+def _check_options(cfg: DictConfig, n_runs: int) -> tuple[list[float], list[int] | None]:
+    """Run weights and fold subset, validated before any model is loaded."""
+    weights = [float(w) for w in cfg.weights] if cfg.get("weights") is not None else [1.0] * n_runs
+    if len(weights) != n_runs or min(weights) < 0 or sum(weights) <= 0:
+        raise FoldvisionError(f"weights={weights}: give {n_runs} non-negative number(s) (one per run) with a positive sum.")
+    folds = cfg.get("folds")
+    if folds is not None:
+        folds = [int(folds)] if isinstance(folds, (int, str)) else [int(f) for f in folds]
+    if cfg.average == "rank" and cfg.submission_format != "probs":
+        raise FoldvisionError(
+            "average=rank turns predictions into per-column ranks in [0, 1]: scores for ranking metrics (AUC), "
+            "not probabilities to take labels from. Use it with submission_format=probs, or average=mean|geometric."
+        )
+    return weights, folds
 
 
 def run_predict(cfg: DictConfig) -> Path:
@@ -274,7 +302,7 @@ def run_predict(cfg: DictConfig) -> Path:
     run_paths = [Path(r).absolute() for r in (cfg.runs if not isinstance(cfg.runs, str) else [cfg.runs])]
     if not run_paths:
         raise FoldvisionError("runs=[] is empty: give at least one run folder.")
-    folds = list(cfg.folds) if cfg.get("folds") is not None else None
+    weights, folds = _check_options(cfg, len(run_paths))
     runs = [load_run(p, cfg.checkpoint, folds, bool(cfg.allow_missing_folds)) for p in run_paths]
     task = runs[0].task
     for r in runs[1:]:
@@ -283,10 +311,7 @@ def run_predict(cfg: DictConfig) -> Path:
                 f"runs disagree on the task/classes: {runs[0].path} has {task.name} {task.classes[:8]}, "
                 f"{r.path} has {r.task.name} {r.task.classes[:8]}. Only runs on the same labels can be ensembled."
             )
-    weights = list(cfg.weights) if cfg.get("weights") is not None else [1.0] * len(runs)
-    if len(weights) != len(runs):
-        raise FoldvisionError(f"weights has {len(weights)} values for {len(runs)} runs.")
-    views = resolve_views(list(cfg.tta) if cfg.get("tta") else None)
+    views = resolve_views(cfg.tta if cfg.get("tta") else None)  # a list, or one name (tta=hflip)
     device = _device(cfg.device)
 
     # OOF check first: the ensemble's CV score next to each member's, and tuned thresholds.
@@ -313,6 +338,14 @@ def run_predict(cfg: DictConfig) -> Path:
     data_cfg = runs[0].cfg.data
     from foldvision.data.sources import table_boxes
 
+    crops = {str(OmegaConf.to_container(r.cfg.data.get("bbox") or {})) for r in runs}
+    if len(crops) > 1:
+        raise FoldvisionError(
+            f"the runs crop images to boxes differently (data.bbox: {sorted(crops)}); one decode feeds every model, "
+            "so ensemble runs with the same crop settings, or predict them apart and combine the probs.csv files."
+        )
+    if data_cfg.get("bbox") and data_cfg.bbox.get("columns") and table_boxes(test) is None:
+        log.warning("the runs trained on crops from data.bbox.columns, but the test CSV has no such columns: predicting whole images")
     margin = float(data_cfg.bbox.margin) if data_cfg.get("bbox") else 0.0
     loader = make_loader(
         MultiSizeDataset(test["path"].tolist(), keys, table_boxes(test), margin),
@@ -333,7 +366,7 @@ def run_predict(cfg: DictConfig) -> Path:
 
     out = Path(cfg.out).absolute() if cfg.get("out") else runs[0].path / "predictions" / "submission.csv"
     pred_dir = out.parent
-    ids = test["id"].tolist()
+    ids, (probs, *member_probs) = align_to_sample(test["id"].tolist(), [probs, *member_probs], sample)
     id_col = str(data_cfg.get("id_col") or "id")
     submission = format_submission(task, ids, probs, thresholds, cfg.submission_format, sample, id_col)
     write_npy(pred_dir / "probs.npy", probs)

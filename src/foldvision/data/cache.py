@@ -23,8 +23,15 @@ from foldvision.data.transforms import eval_transform
 log = logging.getLogger("foldvision")
 
 
-def cache_key(paths: Sequence[str], image_size: Sequence[int], channels: int, boxes: np.ndarray | None = None) -> str:
-    h = hashlib.sha256(f"{list(image_size)}|{channels}\n".encode())
+# Bumped whenever decoding or resizing changes the cached pixels (2: reduced-scale JPEG decoding),
+# so an old cache is rebuilt rather than mixed with new preprocessing.
+CACHE_VERSION = 2
+
+
+def cache_key(paths: Sequence[str], image_size: Sequence[int], channels: int, boxes: np.ndarray | None = None, margin: float = 0.0) -> str:
+    """Fingerprint of everything that decides the cached pixels: the files (path, size, mtime),
+    the size and channels, the crop boxes and their margin, and the preprocessing version."""
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{list(image_size)}|{channels}|{margin if boxes is not None else 0.0}\n".encode())
     for p in paths:
         st = os.stat(p)
         h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
@@ -42,7 +49,7 @@ def build_cache(
 
     cache_dir = Path(cache_dir)
     h, w = int(image_size[0]), int(image_size[-1])
-    path = cache_dir / f"images_{h}x{w}x{channels}_{cache_key(paths, image_size, channels, boxes)}.npy"
+    path = cache_dir / f"images_{h}x{w}x{channels}_{cache_key(paths, image_size, channels, boxes, margin)}.npy"
     if path.is_file():
         return path
     cache_dir.mkdir(parents=True, exist_ok=True)

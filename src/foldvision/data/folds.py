@@ -104,13 +104,20 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _describe_change(path: Path, saved: pd.DataFrame, ids: list[str], targets: list[str]) -> str | None:
+def _describe_change(path: Path, saved: pd.DataFrame, ids: list[str], targets: list[str], groups: np.ndarray | None = None) -> str | None:
     now = dict(zip(ids, targets))
     before = dict(zip(saved["id"].astype(str), saved["target"].fillna("").astype(str)))
     added = [i for i in now if i not in before]
     removed = [i for i in before if i not in now]
     changed = [i for i in now if i in before and before[i] != now[i]]
-    if not (added or removed or changed):
+    regrouped: list[str] = []
+    if groups is not None:  # a group split made for other groups would leak between folds
+        if "group" not in saved:
+            regrouped = list(ids)
+        else:
+            group_before = dict(zip(saved["id"].astype(str), saved["group"].astype(str)))
+            regrouped = [i for i, g in zip(ids, groups) if i in group_before and group_before[i] != str(g)]
+    if not (added or removed or changed or regrouped):
         return None
     parts = []
     if added:
@@ -120,6 +127,8 @@ def _describe_change(path: Path, saved: pd.DataFrame, ids: list[str], targets: l
     if changed:
         i = changed[0]
         parts.append(f"{len(changed)} label(s) changed (e.g. id {i}: {before[i]!r} -> {now[i]!r})")
+    if regrouped:
+        parts.append(f"{len(regrouped)} group(s) changed (e.g. id {regrouped[0]}; data.group_col or its values)")
     return (
         f"the fold file {path} was made for other data: {'; '.join(parts)}. "
         "Make new folds with cv.regenerate=true (runs on the old folds are then not comparable), "
@@ -147,12 +156,12 @@ def load_or_make_folds(
     with _lock(path):
         if path.is_file() and not regenerate:
             try:
-                saved = pd.read_csv(path, dtype={"id": str, "target": str}, keep_default_na=False)
+                saved = pd.read_csv(path, dtype={"id": str, "target": str, "group": str}, keep_default_na=False)
             except Exception as e:
                 raise FoldvisionError(f"cannot read fold file {path}: {e}. Delete it or set cv.regenerate=true.") from None
             if not {"id", "fold", "target"} <= set(saved.columns):
                 raise FoldvisionError(f"fold file {path} lacks id/fold/target columns. Delete it or set cv.regenerate=true.")
-            problem = _describe_change(path, saved, ids, tstr)
+            problem = _describe_change(path, saved, ids, tstr, groups)
             if problem:
                 raise FoldvisionError(problem)
             fold_of = dict(zip(saved["id"], saved["fold"].astype(int)))

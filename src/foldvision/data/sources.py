@@ -29,12 +29,12 @@ class DataTable:
 
     `train` has columns id, path (and group when `data.group_col` is set); `labels` is a Series of
     label strings (folder/csv) or a 0/1 DataFrame with one column per label (multihot), aligned
-    with `train`; `test` has columns id, path or is None.
+    with `train`. The test images are read apart (`read_test_table`): training never needs them,
+    and a problem there must not stop it.
     """
 
     train: pd.DataFrame
     labels: pd.Series | pd.DataFrame
-    test: pd.DataFrame | None
     source: str  # the file or folder the labels came from (for error messages)
 
 
@@ -117,16 +117,17 @@ class ImageIndex:
         return None
 
 
-def _resolve_paths(ids: pd.Series, directory: Path, csv_path: Path, skip_bad: bool) -> tuple[pd.Series, list[str]]:
+def _resolve_paths(ids: pd.Series, directory: Path, csv_path: Path, skip_bad: bool, test: bool = False) -> tuple[pd.Series, list[str]]:
     index = ImageIndex(directory)
     paths = [index.resolve(i) for i in ids]
     missing = [i for i, p in zip(ids, paths) if p is None]
     if missing and not skip_bad:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise FoldvisionError(
-            f"{len(missing)} id(s) in {csv_path} have no image in {directory}: {shown}. "
-            "Fix the ids or the image dir, or set data.skip_bad=true to skip them."
+        fix = (
+            "Fix the ids, or point data.test_image_dir (predict.py: test_image_dir=) at the test images."
+            if test else "Fix the ids or data.image_dir, or set data.skip_bad=true to skip them."
         )
+        raise FoldvisionError(f"{len(missing)} id(s) in {csv_path} have no image in {directory}: {shown}. {fix}")
     return pd.Series([str(p) if p else None for p in paths], index=ids.index), missing
 
 
@@ -136,24 +137,30 @@ def _check_unique(ids: pd.Series, path: Path) -> None:
         raise FoldvisionError(f"{path}: duplicate id(s) {dup[:5]}; every image must appear once.")
 
 
-def _test_table(cfg: DictConfig, root: Path, default_dir: Path) -> pd.DataFrame | None:
-    test_dir = _resolve_dir(root, cfg.get("test_image_dir")) if cfg.get("test_image_dir") else default_dir
-    if cfg.get("test_csv"):
-        path = _resolve_dir(root, cfg.test_csv)
-        df = _read_csv(path, "data.test_csv", dtype=str, keep_default_na=False)
+def _test_table(cfg: DictConfig, root: Path, id_dir: Path, list_dir: Path | None) -> pd.DataFrame | None:
+    """Test ids and paths. Ids come from `data.test_csv`, else from `data.sample_submission` (the
+    competition's list of test ids), resolved in `data.test_image_dir` or `id_dir`; without either
+    CSV, every image in `data.test_image_dir` or `list_dir` (the folder layout's root/test) -- never
+    the training images of a CSV layout."""
+    test_dir = _resolve_dir(root, cfg.test_image_dir) if cfg.get("test_image_dir") else id_dir
+    ids_csv = cfg.get("test_csv") or cfg.get("sample_submission")
+    if ids_csv:
+        path = _resolve_dir(root, ids_csv)
+        df = _read_csv(path, "data.test_csv" if cfg.get("test_csv") else "data.sample_submission", dtype=str, keep_default_na=False)
         id_col = cfg.get("id_col") if cfg.get("id_col") in df.columns else df.columns[0]
         ids = df[id_col].astype(str)
         _check_unique(ids, path)
-        paths, _ = _resolve_paths(ids, test_dir, path, skip_bad=False)
+        paths, _ = _resolve_paths(ids, test_dir, path, skip_bad=False, test=True)
         test = pd.DataFrame({"id": ids.values, "path": paths.values})
         cols = _box_columns(cfg)
         if cols and set(cols) <= set(df.columns):
             test[BOX_COLS] = df[cols].apply(pd.to_numeric, errors="coerce").to_numpy()
         return test
-    if test_dir.is_dir():
-        files = sorted(e.name for e in os.scandir(test_dir) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+    listing = test_dir if cfg.get("test_image_dir") else list_dir
+    if listing is not None and listing.is_dir():
+        files = sorted(e.name for e in os.scandir(listing) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
         if files:
-            return pd.DataFrame({"id": [os.path.splitext(f)[0] for f in files], "path": [str(test_dir / f) for f in files]})
+            return pd.DataFrame({"id": [os.path.splitext(f)[0] for f in files], "path": [str(listing / f) for f in files]})
     return None
 
 
@@ -174,18 +181,19 @@ def _read_folder(cfg: DictConfig, root: Path) -> DataTable:
     if not ids:
         raise FoldvisionError(f"no images found under {train_dir}/<class>/ (extensions {IMAGE_EXTENSIONS}).")
     train = pd.DataFrame({"id": ids, "path": paths})
-    return DataTable(train, pd.Series(labels, name="label"), _test_table(cfg, root, root / "test"), str(train_dir))
+    return DataTable(train, pd.Series(labels, name="label"), str(train_dir))
 
 
 def _read_labelled_csv(cfg: DictConfig, root: Path, multihot: bool) -> DataTable:
     path = _resolve_dir(root, cfg.train_csv)
-    df = _read_csv(path, "data.train_csv", dtype={cfg.id_col: str})
+    # every cell as written: labels "007" or "None" stay those strings (pandas would guess 7 / NaN)
+    df = _read_csv(path, "data.train_csv", dtype=str, keep_default_na=False)
     key_cols = [cfg.id_col] + ([cfg.group_col] if cfg.get("group_col") else []) + (_box_columns(cfg) or [])
     _require_columns(df, [cfg.id_col], path, "data.id_col")
     if cfg.get("group_col"):
         _require_columns(df, [cfg.group_col], path, "data.group_col")
-    ids = df[cfg.id_col].astype(str)
-    if ids.isna().any() or (ids.str.strip() == "").any():
+    ids = df[cfg.id_col].str.strip()
+    if (ids == "").any():
         raise FoldvisionError(f"{path}: empty id(s) in column {cfg.id_col!r}.")
     _check_unique(ids, path)
 
@@ -206,15 +214,15 @@ def _read_labelled_csv(cfg: DictConfig, root: Path, multihot: bool) -> DataTable
         labels.columns = [str(c) for c in label_cols]
     else:
         _require_columns(df, [cfg.label_col], path, "data.label_col")
-        raw = df[cfg.label_col]
-        empty = raw.isna() | (raw.astype(str).str.strip() == "")
+        raw = df[cfg.label_col].str.strip()
+        empty = raw == ""
         if empty.any():
             rows = (empty[empty].index[:5] + 2).tolist()
             raise FoldvisionError(
                 f"{path}: {int(empty.sum())} empty label(s) in column {cfg.label_col!r} (file lines {rows}). "
                 "Fill or drop those rows."
             )
-        labels = raw.astype(str).str.strip().rename("label")
+        labels = raw.rename("label")
 
     image_dir = _resolve_dir(root, cfg.image_dir)
     paths, _ = _resolve_paths(ids, image_dir, path, bool(cfg.skip_bad))
@@ -223,10 +231,10 @@ def _read_labelled_csv(cfg: DictConfig, root: Path, multihot: bool) -> DataTable
         _require_columns(df, cols, path, "data.bbox.columns")
         train[BOX_COLS] = df[cols].apply(pd.to_numeric, errors="coerce").to_numpy()
     if cfg.get("group_col"):
-        train["group"] = df[cfg.group_col].astype(str).values
+        train["group"] = df[cfg.group_col].values
     # rows without an image (data.skip_bad=true) stay, path None: folds are made on the full table,
     # so skipping images never changes the split; the CV loop drops them afterwards
-    return DataTable(train, labels, _test_table(cfg, root, image_dir), str(path))
+    return DataTable(train, labels, str(path))
 
 
 def read_table(cfg: DictConfig) -> DataTable:
@@ -266,13 +274,13 @@ def _attach_voc_boxes(cfg: DictConfig, root: Path, df: pd.DataFrame | None, imag
 
 
 def read_test_table(cfg: DictConfig) -> pd.DataFrame | None:
-    """Only the test images (id, path) of the dataset described by `cfg` (the data group)."""
+    """The test images (id, path, crop boxes when configured) of the dataset described by `cfg`
+    (the data group), or None when it has none."""
     root = Path(cfg.root).expanduser()
     if cfg.source == "folder":
-        default_dir = root / "test"
+        test = _test_table(cfg, root, root / "test", root / "test")
     else:
-        default_dir = _resolve_dir(root, cfg.get("image_dir"))
-    test = _test_table(cfg, root, default_dir)
+        test = _test_table(cfg, root, _resolve_dir(root, cfg.get("image_dir")), None)
     if test is not None and not test.empty:
         test_dir = Path(test["path"].iloc[0]).parent
         _attach_voc_boxes(cfg, root, test, test_dir)

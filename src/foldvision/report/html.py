@@ -12,7 +12,7 @@ import pandas as pd
 
 from foldvision.config import load_run_config
 from foldvision.errors import FoldvisionError
-from foldvision.io import read_json, write_text
+from foldvision.io import read_json, read_oof, write_text
 
 log = logging.getLogger("foldvision")
 
@@ -36,8 +36,8 @@ def _table(df: pd.DataFrame) -> str:
 def _run_oof(run_dir: Path) -> pd.DataFrame | None:
     """oof.csv, or for a partial run the finished folds' predictions."""
     if (run_dir / "oof.csv").is_file():
-        return pd.read_csv(run_dir / "oof.csv", dtype={"id": str})
-    parts = [pd.read_csv(p, dtype={"id": str}) for p in sorted(run_dir.glob("fold_*/oof.csv"))]
+        return read_oof(run_dir / "oof.csv")
+    parts = [read_oof(p) for p in sorted(run_dir.glob("fold_*/oof.csv"))]
     return pd.concat(parts, ignore_index=True) if parts else None
 
 
