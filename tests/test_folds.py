@@ -98,3 +98,24 @@ def test_parallel_creation_is_safe(tmp_path: Path) -> None:
     df = pd.read_csv(tmp_path / "stratified_k5_seed3.csv")
     assert len(df) == 2000 and df.fold.tolist() == results[0]
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_read_only_data_folder(folder_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kaggle's /kaggle/input is read-only: a fold file already there is used; one that must be
+    made there stops naming cv.dir."""
+    import builtins
+
+    import foldvision.data.folds as folds_module
+
+    cfg = compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3")
+    folds = load_cv_data(cfg).folds
+
+    def read_only_open(file, mode="r", *args, **kwargs):  # what a read-only mount answers (even to root)
+        if any(m in mode for m in "wax+"):
+            raise PermissionError(30, "Read-only file system", str(file))
+        return builtins.open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(folds_module, "open", read_only_open, raising=False)
+    np.testing.assert_array_equal(load_cv_data(cfg).folds, folds)
+    with pytest.raises(FoldvisionError, match="cv.dir=/kaggle/working/folds"):
+        load_cv_data(compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=4"))

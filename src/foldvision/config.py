@@ -78,6 +78,14 @@ def save_run_config(run_dir: Path, cfg: DictConfig) -> None:
     write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg))
 
 
+def global_rank() -> int:
+    """This process's rank in a multi-process (DDP) run, from the launcher's environment."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
 def prepare_run_dir(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> tuple[Path, DictConfig]:
     """The run folder and the resolved config to train with.
 
@@ -101,9 +109,7 @@ def prepare_run_dir(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -
         probe.unlink()
     except OSError as e:
         raise FoldvisionError(f"cannot write to the run folder {run_dir}: {e}. Set hydra.run.dir (or paths.output_dir) to a writable place.") from None
-    from foldvision.training import global_rank
-
-    if global_rank() == 0:  # temp files of a killed earlier session (never read)
+    if global_rank() == 0:  # temp files of a killed earlier session (never read); other ranks write none
         for stale in run_dir.rglob(".*.tmp"):
             stale.unlink(missing_ok=True)
     if (run_dir / CONFIG_FILE).is_file():
@@ -115,5 +121,13 @@ def prepare_run_dir(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -
                 + "\n  ".join(diffs)
                 + f"\nUse the original overrides, or start a new run folder. Keys that may change on resume: {', '.join(RESUME_SAFE_KEYS)}."
             )
-    save_run_config(run_dir, resolved)
+        # config.yaml stays as the run began; a changed safe key (e.g. trainer.max_epochs) applies to
+        # the folds trained from now on, and each fold's result.json records its own epochs
+        changed = config_differences(saved, resolved, ignore=())
+        if changed:
+            import logging
+
+            logging.getLogger("foldvision").info("resuming %s with: %s", run_dir, "; ".join(changed))
+    elif global_rank() == 0:  # DDP: one writer
+        save_run_config(run_dir, resolved)
     return run_dir, resolved

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from foldvision.config import prepare_run_dir
+from foldvision.config import global_rank, prepare_run_dir
 from foldvision.data.folds import load_or_make_folds, resolve_strategy
 from foldvision.data.sources import DataTable, read_table
 from foldvision.errors import FoldvisionError
@@ -98,7 +98,8 @@ def _drop_unreadable(data: CVData, cfg: DictConfig, run_dir: Path) -> None:
     if keep.all():
         return
     bad = pd.DataFrame({"id": train["id"], "path": train["path"], "error": errors})[~keep]
-    write_csv(run_dir / "bad_images.csv", bad)
+    if global_rank() == 0:
+        write_csv(run_dir / "bad_images.csv", bad)
     log.warning("data.skip_bad=true: skipped %d unreadable/missing image(s), listed in %s", len(bad), run_dir / "bad_images.csv")
     data.table.train = train[keep].reset_index(drop=True)
     data.table.labels = data.table.labels[keep].reset_index(drop=True)
@@ -183,7 +184,8 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
     fold_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     model, data_config = create_classifier(cfg.model, data.task.num_outputs, image_size=cfg.data.get("image_size"))
-    write_json(run_dir / "data_config.json", data_config)
+    if global_rank() == 0:
+        write_json(run_dir / "data_config.json", data_config)
     is_train, is_val = data.folds != fold, data.folds == fold
     train_set = data.dataset(cfg, data_config, is_train, train=True)
     val_set = data.dataset(cfg, data_config, is_val)
@@ -213,12 +215,21 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
 
     best = Path(trainer.checkpoint_callback.best_model_path or last)
     ckpt = load_checkpoint(best)
-    model = module.model.to("cpu")
+    # on the GPU that trained the fold (with its AMP); on CPU otherwise (XLA would compile a graph
+    # for the ragged last batch, for one pass)
+    root = trainer.strategy.root_device
+    device = root if root.type == "cuda" else torch.device("cpu")
+    model = module.model.to(device)
     model.load_state_dict(classifier_state(ckpt["state_dict"]))  # the EMA weights when kept
     model.eval()
     val_set.targets = None  # yield row indices: predictions only
     loader = make_loader(val_set, int(cfg.data.batch_size), int(cfg.data.num_workers))
-    (probs,) = predict_batches([model], loader, data.task.activation)
+    channels_last = bool(cfg.trainer.get("channels_last")) and device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp = device.type == "cuda" and "mixed" in str(cfg.trainer.get("precision"))
+    (probs,) = predict_batches([model], loader, data.task.activation, device=device, amp=amp, channels_last=channels_last)
+    model.to("cpu")
     val_targets = data.targets[is_val]
     scores = data.task.score(probs, val_targets)
 
@@ -233,6 +244,7 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
         "scores": scores,
         "best_epoch": int(ckpt.get("epoch", -1)),
         "epochs_trained": int(trainer.current_epoch),
+        "max_epochs": int(trainer.max_epochs or 0),  # a resumed run may train later folds longer
         "best_checkpoint": best.name,
         "n_train": int(is_train.sum()),
         "n_val": int(is_val.sum()),
@@ -378,10 +390,9 @@ def run_cv(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
     log.info(describe_device(cfg.trainer))
     run_dir, cfg = prepare_run_dir(cfg, run_dir)
     data = load_cv_data(cfg, run_dir)
-    write_json(run_dir / "classes.json", {"task": data.task.name, "classes": data.task.classes})
+    if global_rank() == 0:  # DDP: one writer per file
+        write_json(run_dir / "classes.json", {"task": data.task.name, "classes": data.task.classes})
     log.info("%d training images, %d classes, folds from %s", len(data.ids), data.task.num_outputs, data.fold_file)
-    from foldvision.training import global_rank
-
     rank = global_rank()
     done = fold_results(run_dir)
     todo = [f for f in selected_folds(cfg.cv) if f not in done]

@@ -250,11 +250,3 @@ def _single_gpu_devices(tcfg: dict[str, Any]) -> None:
     index = claim_gpu(torch.cuda.device_count())
     tcfg["devices"] = [index]
     logging.getLogger("foldvision").info("training on cuda:%d (a GPU no other foldvision job holds)", index)
-
-
-def global_rank() -> int:
-    """This process's rank in a multi-process (DDP) run, from the launcher's environment."""
-    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if var in os.environ:
-            return int(os.environ[var])
-    return 0

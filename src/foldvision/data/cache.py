@@ -52,10 +52,18 @@ def build_cache(
     path = cache_dir / f"images_{h}x{w}x{channels}_{cache_key(paths, image_size, channels, boxes, margin)}.npy"
     if path.is_file():
         return path
-    cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir / f".{path.name}.{os.getpid()}.tmp"
     resize = eval_transform((h, w))
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), h, w, channels))
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), h, w, channels))
+    except OSError as e:
+        from foldvision.errors import FoldvisionError
+
+        raise FoldvisionError(
+            f"cannot write the image cache in {cache_dir} ({e.strerror}). Point data.cache_dir at a writable folder "
+            "with room for it (e.g. data.cache_dir=/kaggle/working/cache), or set data.cache=false."
+        ) from None
 
     def fill(i: int) -> None:
         if boxes is None:

@@ -93,10 +93,23 @@ def make_folds(
 
 
 @contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive lock beside `path`: parallel runs make the fold file once, not concurrently."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as f:
+def _lock(path: Path, regenerate: bool = False) -> Iterator[None]:
+    """An exclusive lock beside `path`: parallel runs make the fold file once, not concurrently.
+
+    In a read-only data folder (Kaggle's /kaggle/input) an existing fold file is read without a
+    lock (nobody can write there either); one that must be made stops with the key to change."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path.with_name(path.name + ".lock"), "w")
+    except OSError as e:
+        if path.is_file() and not regenerate:
+            yield
+            return
+        raise FoldvisionError(
+            f"cannot write the fold file in {path.parent} ({e.strerror}). Point cv.dir at a writable folder "
+            "(e.g. cv.dir=/kaggle/working/folds), and keep using it: the folds live there from now on."
+        ) from None
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -153,7 +166,7 @@ def load_or_make_folds(
     """
     path = fold_file_path(directory, strategy, n_folds, seed)
     tstr = target_strings(targets, classes)
-    with _lock(path):
+    with _lock(path, regenerate):
         if path.is_file() and not regenerate:
             try:
                 saved = pd.read_csv(path, dtype={"id": str, "target": str, "group": str}, keep_default_na=False)
