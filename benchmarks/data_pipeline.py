@@ -41,7 +41,7 @@ def main() -> None:
 
     from foldvision.data.cache import build_cache
     from foldvision.data.datamodule import EpochSampler, ImageDataset, make_loader
-    from foldvision.data.images import load_image
+    from foldvision.data.images import _decode_pillow, load_image
     from foldvision.data.transforms import train_transform
 
     p = argparse.ArgumentParser()
@@ -61,32 +61,31 @@ def main() -> None:
                 path = Path(d) / f"{i}.{ext}"
                 img.save(path, quality=90) if fmt == "jpeg" else img.save(path)
                 files[fmt].append(str(path))
-        print("\ndecoders (1 process), img/s (max pixel difference to foldvision's load_image):")
+        print("\ndecoders (1 process), img/s, interleaved repeats; max pixel difference to foldvision's load_image:")
+        size = (a.size, a.size)
         for fmt, paths in files.items():
             ref = load_image(paths[0]).astype(int)
-            pil = rate(lambda: [load_image(p) for p in paths], a.n, a.repeats)
-            ocv = rate(lambda: [cv2.cvtColor(cv2.imread(p, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for p in paths], a.n, a.repeats)
-            d_ocv = np.abs(ref - cv2.cvtColor(cv2.imread(paths[0]), cv2.COLOR_BGR2RGB).astype(int)).max()
-            line = f"  {fmt:4s}  load_image (Pillow) {pil:6.0f}   OpenCV {ocv:6.0f} (diff {d_ocv})"
-            if fmt == "jpeg":  # what training does: reduced-scale decode covering the input size
-                size = (a.size, a.size)
-                scaled = rate(lambda: [load_image(p, 3, size) for p in paths], a.n, a.repeats)
-                resized = [cv2.resize(x, size, interpolation=cv2.INTER_AREA).astype(int) for x in (load_image(paths[0]), load_image(paths[0], 3, size))]
-                line += f"   load_image(min_size={a.size}) {scaled:6.0f} (mean diff after resize {np.abs(resized[0] - resized[1]).mean():.2f})"
-                try:  # optional: pip install simplejpeg (libjpeg-turbo, JPEG only, no EXIF handling)
-                    import simplejpeg
-
-                    def sj() -> None:
-                        for p in paths:
-                            with open(p, "rb") as f:
-                                simplejpeg.decode_jpeg(f.read(), colorspace="RGB")
-
-                    with open(paths[0], "rb") as f:
-                        d_sj = np.abs(ref - simplejpeg.decode_jpeg(f.read(), colorspace="RGB").astype(int)).max()
-                    line += f"   simplejpeg {rate(sj, a.n, a.repeats):6.0f} (diff {d_sj})"
-                except ImportError:
-                    line += "   simplejpeg not installed"
-            print(line)
+            sides = {
+                "load_image": lambda: [load_image(p) for p in paths],
+                "Pillow alone": lambda: [_decode_pillow(Image.open(p), 3, None) for p in paths],
+                "OpenCV": lambda: [cv2.cvtColor(cv2.imread(p, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for p in paths],
+            }
+            diffs = {
+                "Pillow alone": np.abs(ref - _decode_pillow(Image.open(paths[0]), 3, None)).max(),
+                "OpenCV": np.abs(ref - cv2.cvtColor(cv2.imread(paths[0]), cv2.COLOR_BGR2RGB).astype(int)).max(),
+            }
+            if fmt == "jpeg":  # what training does: a reduced-scale decode covering the input size
+                sides[f"load_image(min_size={a.size})"] = lambda: [load_image(p, 3, size) for p in paths]
+                sides[f"Pillow draft({a.size})"] = lambda: [_decode_pillow(Image.open(p), 3, size) for p in paths]
+                full, scaled = (cv2.resize(x, size, interpolation=cv2.INTER_AREA).astype(int) for x in (load_image(paths[0]), load_image(paths[0], 3, size)))
+                diffs[f"load_image(min_size={a.size})"] = f"mean {np.abs(full - scaled).mean():.2f} after the resize"
+            rates: dict[str, list[float]] = {k: [] for k in sides}
+            for _ in range(a.repeats):  # alternate so drift on shared cores hits every side alike
+                for name, fn in sides.items():
+                    rates[name].append(rate(fn, a.n, 1))
+            print(f"  {fmt:4s}  " + "   ".join(
+                f"{name} {statistics.median(r):6.0f}" + (f" (diff {diffs[name]})" if name in diffs else "") for name, r in rates.items()
+            ))
         print("\ntraining dataloader (decode + resize + augment + collate), img/s by workers:")
         for fmt, paths in files.items():
             ds = ImageDataset(paths, np.zeros(a.n, dtype=np.int64), train_transform([a.size, a.size], aug), 3, decode_size=[a.size, a.size])
