@@ -91,11 +91,12 @@ def run_check(cfg: DictConfig, workers: int = 4) -> list[str]:
     paths = [p for p in table.train["path"] if isinstance(p, str)]
     from foldvision.data.sources import read_test_table
 
+    test_error = None
     try:
         test = read_test_table(cfg.data)
     except FoldvisionError as e:
+        test, test_error = None, e
         bad(f"test set: {e}")
-        test = None
     test_paths = test["path"].tolist() if test is not None else []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(_probe, paths + test_paths))
@@ -109,7 +110,7 @@ def run_check(cfg: DictConfig, workers: int = 4) -> list[str]:
     if sizes:
         w, h = np.array(sizes).T
         ok(f"image sizes: width {w.min()}-{w.max()} (median {int(np.median(w))}), height {h.min()}-{h.max()} (median {int(np.median(h))}); modes {dict(modes)}")
-    if not test_paths:
+    if not test_paths and test_error is None:
         con.print("[yellow]note[/yellow] no test images configured: predict.py will need test_csv=/test_image_dir=")
 
     strategy = resolve_strategy(cfg.cv.strategy, task.name)
