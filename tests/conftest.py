@@ -76,25 +76,27 @@ def csv_data(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture()
-def multihot_data(tmp_path: Path) -> Path:
+def make_multihot(root: Path, n_train: int = 24, n_test: int = 6) -> Path:
     """Dacon-letters layout: index,a,b,c,d with 0/1 columns, train/ and test/ folders."""
     rng = np.random.default_rng(2)
-    root = tmp_path / "multihot_data"
     labels = ["a", "b", "c", "d"]
     rows = []
-    for i in range(24):
+    for i in range(n_train):
         y = (rng.random(4) < 0.5).astype(int)
         y[i % 4] = 1
-        img = rng.integers(0, 255, (20, 20), dtype=np.uint8)
-        save_image(root / "train" / f"{i}.png", img)
+        save_image(root / "train" / f"{i}.png", rng.integers(0, 255, (20, 20), dtype=np.uint8))
         rows.append([i, *y])
     pd.DataFrame(rows, columns=["index", *labels]).to_csv(root / "train.csv", index=False)
-    sub = pd.DataFrame({"index": range(100, 106), **{c: 0 for c in labels}})
+    sub = pd.DataFrame({"index": range(100, 100 + n_test), **{c: 0 for c in labels}})
     for i in sub["index"]:
         save_image(root / "test" / f"{i}.png", rng.integers(0, 255, (20, 20), dtype=np.uint8))
     sub.to_csv(root / "sample_submission.csv", index=False)
     return root
+
+
+@pytest.fixture()
+def multihot_data(tmp_path: Path) -> Path:
+    return make_multihot(tmp_path / "multihot_data")
 
 
 def multihot_overrides(root: Path) -> list[str]:

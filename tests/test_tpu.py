@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, TEST_OVERRIDES, compose_cfg, multihot_overrides, save_image
+from conftest import ROOT, TEST_OVERRIDES, compose_cfg, make_multihot, multihot_overrides
 
 VENV = Path(os.environ.get("FOLDVISION_TPU_VENV") or Path.home() / ".cache" / "foldvision" / "venv-tpu")
 MARKER = VENV / ".foldvision-tpu-installed"
@@ -89,20 +89,7 @@ def test_tpu_config_composes_and_is_refused_without_torch_xla() -> None:
 def multihot48(tmp_path: Path) -> Path:
     """The multihot_data layout with 48 rows: 2 folds of >= 16 rows each, so every XLA step sees
     full batches of 8 (one compiled graph for training, one for validation)."""
-    rng = np.random.default_rng(2)
-    root = tmp_path / "multihot48"
-    rows = []
-    for i in range(48):
-        y = (rng.random(4) < 0.5).astype(int)
-        y[i % 4] = 1
-        save_image(root / "train" / f"{i}.png", rng.integers(0, 255, (20, 20), dtype=np.uint8))
-        rows.append([i, *y])
-    pd.DataFrame(rows, columns=["index", *LABELS]).to_csv(root / "train.csv", index=False)
-    sub = pd.DataFrame({"index": range(100, 104), **{c: 0 for c in LABELS}})
-    for i in sub["index"]:
-        save_image(root / "test" / f"{i}.png", rng.integers(0, 255, (20, 20), dtype=np.uint8))
-    sub.to_csv(root / "sample_submission.csv", index=False)
-    return root
+    return make_multihot(tmp_path / "multihot48", n_train=48, n_test=4)
 
 
 @pytest.mark.slow
