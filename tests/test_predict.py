@@ -91,6 +91,17 @@ def test_runs_with_other_input_sizes_share_one_decode(multiclass_run: Path, fold
     ds = MultiSizeDataset([str(folder_data / "test" / "t0.jpg")], [(32, 32, 3), (24, 24, 1)])
     item = ds[0]
     assert item["32x32x3"].shape == (3, 32, 32) and item["24x24x1"].shape == (1, 24, 24)
+    # every model sees exactly its validation preprocessing, whichever other sizes share the run
+    from conftest import save_image
+    from foldvision.data.datamodule import ImageDataset
+    from foldvision.data.transforms import eval_transform
+
+    yy, xx = np.mgrid[0:400, 0:400]
+    save_image(tmp_path / "big.jpg", np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1).astype(np.uint8), quality=95)
+    item = MultiSizeDataset([str(tmp_path / "big.jpg")], [(64, 64, 3), (160, 160, 3)])[0]
+    for side in (64, 160):
+        val = ImageDataset([str(tmp_path / "big.jpg")], None, eval_transform([side, side]), 3, decode_size=[side, side])[0][0]
+        assert torch.equal(item[f"{side}x{side}x3"], val)
 
 
 def test_missing_folds_listed(multiclass_run: Path) -> None:

@@ -55,9 +55,14 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Keys that later foldvision versions added, with the value that reproduces what runs saved before
+# them did: a saved config without the key means this value (so such runs still resume and merge).
+ADDED_KEYS = {"trainer.num_nodes": 1}
+
+
 def config_differences(a: DictConfig, b: DictConfig, ignore: tuple[str, ...] = RESUME_SAFE_KEYS) -> list[str]:
     """Keys whose values differ between two configs, as 'key: a -> b', skipping `ignore` prefixes."""
-    fa, fb = flatten(a), flatten(b)
+    fa, fb = {**ADDED_KEYS, **flatten(a)}, {**ADDED_KEYS, **flatten(b)}
     diffs = []
     for key in sorted(set(fa) | set(fb)):
         if any(key == i or key.startswith(i + ".") for i in ignore):
@@ -79,11 +84,17 @@ def save_run_config(run_dir: Path, cfg: DictConfig) -> None:
 
 
 def global_rank() -> int:
-    """This process's rank in a multi-process (DDP) run, from the launcher's environment."""
-    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if var in os.environ:
-            return int(os.environ[var])
-    return 0
+    """This process's rank in a multi-process (DDP) run, from the launcher's environment: torchrun's
+    RANK; then LOCAL_RANK, which Lightning sets in the processes it starts (before SLURM_PROCID,
+    which those children inherit from an `srun --pty` shell), offset on nodes other than the first;
+    then srun's SLURM_PROCID. Only 0 matters to callers: rank 0 writes the run's files."""
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"])
+    if "LOCAL_RANK" in env:
+        node = int(env.get("NODE_RANK") or env.get("GROUP_RANK") or 0)
+        return int(env["LOCAL_RANK"]) + node * max(1, int(env.get("LOCAL_WORLD_SIZE") or 1))
+    return int(env.get("SLURM_PROCID") or 0)
 
 
 def prepare_run_dir(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> tuple[Path, DictConfig]:

@@ -217,8 +217,11 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
     ckpt = load_checkpoint(best)
     # on the GPU that trained the fold (with its AMP); on CPU otherwise (XLA would compile a graph
     # for the ragged last batch, for one pass)
-    root = trainer.strategy.root_device
-    device = root if root.type == "cuda" else torch.device("cpu")
+    from lightning.pytorch.accelerators import CUDAAccelerator
+
+    # (an XLA strategy with several devices trained in child processes: its root device cannot be
+    # asked for here)
+    device = trainer.strategy.root_device if isinstance(trainer.accelerator, CUDAAccelerator) else torch.device("cpu")
     model = module.model.to(device)
     model.load_state_dict(classifier_state(ckpt["state_dict"]))  # the EMA weights when kept
     model.eval()

@@ -22,8 +22,15 @@ def claim_gpu(count: int, lock_dir: str | os.PathLike | None = None) -> int:
         return _CLAIMED_GPU[0]
     lock_dir = Path(lock_dir or os.environ.get("FOLDVISION_LOCK_DIR") or tempfile.gettempdir())
     lock_dir.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        f = open(lock_dir / f"foldvision-gpu-{i}.lock", "w")
+    # locks name the physical GPU (CUDA_VISIBLE_DEVICES maps visible index i to it), per user: a lock
+    # file of another user in a sticky /tmp could not be opened
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    names = visible[:count] if len(visible) >= count else [str(i) for i in range(count)]
+    for i, name in enumerate(names):
+        try:
+            f = open(lock_dir / f"foldvision-{os.getuid()}-gpu-{name}.lock", "w")
+        except OSError:  # unreadable lock: treat the GPU as held
+            continue
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

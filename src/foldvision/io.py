@@ -83,7 +83,11 @@ def write_csv(path: str | os.PathLike, df: pd.DataFrame) -> None:
 def read_oof(path: str | os.PathLike) -> pd.DataFrame:
     """An oof.csv with ids, paths and class names kept as written: "007" stays "007", a class
     called "None" or "NA" stays a class (pandas would make them 7 and NaN)."""
-    return pd.read_csv(path, dtype={"id": str, "path": str, "target": str}, keep_default_na=False)
+    df = pd.read_csv(path, dtype={"id": str, "path": str, "target": str}, keep_default_na=False)
+    for col in df.columns.drop(["id", "path", "target"], errors="ignore"):  # an empty cell is a NaN probability
+        if df[col].dtype == object:
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df
 
 
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:

@@ -90,7 +90,14 @@ def load_fold_model(run: RunInfo, fold: int, device: torch.device, fuse: bool = 
 
 
 class MultiSizeDataset(torch.utils.data.Dataset):
-    """Decodes each image once and returns it resized for every distinct model input (h, w, c)."""
+    """Decodes each image once per distinct input size and returns it resized for every distinct
+    model input (h, w, c): every fold model and TTA view of a size shares one decode.
+
+    JPEGs decode at the reduced scale that covers the input size, as in training (load_image's
+    min_size), so each model sees exactly its training preprocessing; models of another size get
+    their own (cheaper, smaller) decode rather than a resize of a larger one. With crop boxes
+    (full-resolution pixels) each image is decoded once at full size and cropped.
+    """
 
     def __init__(self, paths: list[str], keys: list[tuple[int, int, int]], boxes: np.ndarray | None = None, margin: float = 0.0) -> None:
         from foldvision.data.transforms import eval_transform
@@ -99,26 +106,24 @@ class MultiSizeDataset(torch.utils.data.Dataset):
         self.boxes, self.margin = boxes, margin
         self.keys = sorted(set(keys))
         self.transforms = {k: eval_transform(k[:2]) for k in self.keys}
-        # per channel count, the largest input any model takes: JPEGs decode at a reduced scale
-        # that still covers it (not with crop boxes, which are in full-resolution pixels)
-        self.decode_size = {c: max(max(k[:2]) for k in self.keys if k[2] == c) for c in {k[2] for k in self.keys}}
+        self.decodes = {k: (k[2], max(k[:2])) for k in self.keys}  # (channels, side) each key is decoded at
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        from foldvision.data.images import load_image
-
         from foldvision.data.boxes import crop
+        from foldvision.data.images import load_image
 
         box = self.boxes[i] if self.boxes is not None else None
         if box is None:
-            decoded = {c: load_image(self.paths[i], c, (side, side)) for c, side in self.decode_size.items()}
+            decoded = {(c, side): load_image(self.paths[i], c, (side, side)) for c, side in set(self.decodes.values())}
         else:
-            decoded = {c: crop(load_image(self.paths[i], c), box, self.margin) for c in self.decode_size}
+            full = {c: crop(load_image(self.paths[i], c), box, self.margin) for c, _ in set(self.decodes.values())}
+            decoded = {d: full[d[0]] for d in set(self.decodes.values())}
         out = {}
         for key in self.keys:
-            img = self.transforms[key](image=decoded[key[2]])["image"]
+            img = self.transforms[key](image=decoded[self.decodes[key]])["image"]
             if img.ndim == 2:
                 img = img[:, :, None]
             out["x".join(map(str, key))] = torch.from_numpy(np.require(img, requirements=["C", "W"])).permute(2, 0, 1)
@@ -216,6 +221,7 @@ CONFIDENCE_COLUMNS = ("conf", "confidence", "score", "prob", "probability")
 
 def format_submission(task: Task, ids: list[str], probs: np.ndarray, thresholds: np.ndarray | None, fmt: str, sample: pd.DataFrame | None, id_col: str) -> pd.DataFrame:
     """The submission table: in `sample`'s ids, order and columns when given."""
+    asked = fmt
     if sample is not None:
         id_col = sample.columns[0]
         if sample[id_col].tolist() != list(ids):
@@ -233,6 +239,12 @@ def format_submission(task: Task, ids: list[str], probs: np.ndarray, thresholds:
             raise FoldvisionError(
                 f"sample_submission columns {value_cols[:8]} fit neither one label column nor one column per class "
                 f"(not classes: {unknown[:5]}; classes are {task.classes[:8]})."
+            )
+        if asked == "probs" and fmt != "probs":
+            raise FoldvisionError(
+                f"submission_format=probs, but the sample submission's columns {value_cols[:8]} ask for labels ({fmt}); "
+                "probabilities (or average=rank scores) need one column per class. Use another submission_format "
+                "with average=mean|geometric, or sample_submission=false."
             )
     else:
         value_cols = None

@@ -117,19 +117,31 @@ def _lock(path: Path, regenerate: bool = False) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _same_value(a: str, b: str) -> bool:
+    """Labels or groups equal as written, or as numbers token by token ("7" and "007", "3" and "3.0":
+    fold files made before foldvision read CSV cells exactly as written hold the parsed form)."""
+    if a == b:
+        return True
+    ta, tb = a.split(" "), b.split(" ")
+    try:
+        return len(ta) == len(tb) and all(float(x) == float(y) for x, y in zip(ta, tb))
+    except ValueError:
+        return False
+
+
 def _describe_change(path: Path, saved: pd.DataFrame, ids: list[str], targets: list[str], groups: np.ndarray | None = None) -> str | None:
     now = dict(zip(ids, targets))
     before = dict(zip(saved["id"].astype(str), saved["target"].fillna("").astype(str)))
     added = [i for i in now if i not in before]
     removed = [i for i in before if i not in now]
-    changed = [i for i in now if i in before and before[i] != now[i]]
+    changed = [i for i in now if i in before and not _same_value(before[i], now[i])]
     regrouped: list[str] = []
     if groups is not None:  # a group split made for other groups would leak between folds
         if "group" not in saved:
             regrouped = list(ids)
         else:
             group_before = dict(zip(saved["id"].astype(str), saved["group"].astype(str)))
-            regrouped = [i for i, g in zip(ids, groups) if i in group_before and group_before[i] != str(g)]
+            regrouped = [i for i, g in zip(ids, groups) if i in group_before and not _same_value(group_before[i], str(g))]
     if not (added or removed or changed or regrouped):
         return None
     parts = []
@@ -174,7 +186,8 @@ def load_or_make_folds(
                 raise FoldvisionError(f"cannot read fold file {path}: {e}. Delete it or set cv.regenerate=true.") from None
             if not {"id", "fold", "target"} <= set(saved.columns):
                 raise FoldvisionError(f"fold file {path} lacks id/fold/target columns. Delete it or set cv.regenerate=true.")
-            problem = _describe_change(path, saved, ids, tstr, groups)
+            # groups only bind the group strategies; other strategies ignore data.group_col
+            problem = _describe_change(path, saved, ids, tstr, groups if strategy in ("group", "stratified_group") else None)
             if problem:
                 raise FoldvisionError(problem)
             fold_of = dict(zip(saved["id"], saved["fold"].astype(int)))
