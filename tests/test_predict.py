@@ -196,3 +196,19 @@ def test_probs_follow_the_sample_submission_order(multilabel_run: Path, multihot
     assert sub["index"].tolist() == sample["index"].tolist()[::-1] == probs["id"].tolist()
     np.testing.assert_allclose(np.load(out.parent / "probs.npy"), probs.filter(like="prob_").to_numpy(), atol=1e-6)
     assert (sub[["a", "b", "c", "d"]].to_numpy() == (probs.filter(like="prob_").to_numpy() >= 0.5)).all()
+
+
+def test_probs_format_is_not_turned_into_labels(multiclass_run: Path, tmp_path: Path) -> None:
+    """A one-label-column sample cannot take probabilities (or rank scores): refused, not decoded."""
+    pd.DataFrame({"id": [f"t{i}" for i in range(4)], "label": "cat"}).to_csv(tmp_path / "one_col.csv", index=False)
+    with pytest.raises(FoldvisionError, match="submission_format=probs"):
+        run_predict(_predict_cfg(f"runs=[{multiclass_run}]", "average=rank", "submission_format=probs", f"sample_submission={tmp_path / 'one_col.csv'}"))
+
+
+def test_nan_probabilities_read_back_as_nan(tmp_path: Path) -> None:
+    from foldvision.io import read_oof
+
+    pd.DataFrame({"id": ["007", "8"], "target": ["None", "x"], "fold": [0, 1], "prob_a": [np.nan, 0.5]}).to_csv(tmp_path / "oof.csv", index=False)
+    oof = read_oof(tmp_path / "oof.csv")
+    assert oof["id"].tolist() == ["007", "8"] and oof["target"].tolist() == ["None", "x"]
+    assert np.isnan(oof["prob_a"].iloc[0]) and oof["prob_a"].dtype == np.float64

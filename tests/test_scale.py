@@ -60,3 +60,30 @@ def test_parallel_jobs_claim_different_gpus(tmp_path: Path) -> None:
     # once they are gone, their GPUs are free again
     again = subprocess.run([sys.executable, "-c", code], input="", capture_output=True, text=True)
     assert again.stdout.strip() == "0"
+
+
+def test_gpu_locks_name_the_physical_gpu(tmp_path: Path) -> None:
+    """With CUDA_VISIBLE_DEVICES=5,7 a job whose GPU 5 is held elsewhere takes visible index 1 (GPU 7)."""
+    import fcntl
+
+    held = open(tmp_path / f"foldvision-{os.getuid()}-gpu-5.lock", "w")
+    fcntl.flock(held, fcntl.LOCK_EX)
+    code = f"from foldvision.devices import claim_gpu; print(claim_gpu(2, {str(tmp_path)!r}))"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "CUDA_VISIBLE_DEVICES": "5,7"}, capture_output=True, text=True)
+    held.close()
+    assert out.stdout.strip() == "1", out.stderr
+
+
+@pytest.mark.parametrize("env,rank", [
+    ({}, 0), ({"RANK": "3"}, 3), ({"SLURM_PROCID": "2"}, 2),
+    ({"SLURM_PROCID": "0", "LOCAL_RANK": "1"}, 1),  # Lightning's child inside an `srun --pty` shell
+    ({"LOCAL_RANK": "0", "NODE_RANK": "1"}, 1),     # first process of the second node: not rank 0
+])
+def test_global_rank_from_the_launcher(monkeypatch: pytest.MonkeyPatch, env: dict, rank: int) -> None:
+    from foldvision.config import global_rank
+
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert global_rank() == rank

@@ -109,3 +109,17 @@ def test_task_head_must_fit_the_labels(folder_data: Path, csv_data: Path, tmp_pa
     with caplog.at_level("WARNING", logger="foldvision"):
         load_cv_data(compose_cfg("data=csv", f"data.root={csv_data}", "task=multilabel", "cv.n_folds=3"))
     assert "exactly one label" in caplog.text
+
+
+def test_runs_saved_before_a_key_existed_still_resume(folder_data: Path, tmp_path: Path) -> None:
+    """A run saved before trainer.num_nodes existed resumes; a real change of it is still refused."""
+    from omegaconf import OmegaConf
+
+    from foldvision.config import config_differences
+
+    new = compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass")
+    old = OmegaConf.create(OmegaConf.to_container(new))
+    del old.trainer["num_nodes"]
+    assert config_differences(old, new) == []
+    new.trainer.num_nodes = 2
+    assert config_differences(old, new) == ["trainer.num_nodes: 1 -> 2"]

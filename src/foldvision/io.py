@@ -85,7 +85,7 @@ def read_oof(path: str | os.PathLike) -> pd.DataFrame:
     called "None" or "NA" stays a class (pandas would make them 7 and NaN)."""
     df = pd.read_csv(path, dtype={"id": str, "path": str, "target": str}, keep_default_na=False)
     for col in df.columns.drop(["id", "path", "target"], errors="ignore"):  # an empty cell is a NaN probability
-        if df[col].dtype == object:
+        if not pd.api.types.is_numeric_dtype(df[col]):
             df[col] = pd.to_numeric(df[col], errors="coerce")
     return df
 
