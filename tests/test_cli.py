@@ -49,6 +49,11 @@ def test_fold_parallel_joblib_equals_sequential(folder_data: Path, tmp_path: Pat
     _run("train.py", "-m", *_data(folder_data), "cv.fold=0,1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}")
     assert fold_file.read_bytes() == before  # every job reused the one fold file
     assert _summary(sweep / "merged") == _summary(seq)
+    # the same command again (a resumed sweep): finished folds skipped, one merged CV as before
+    out = _run("train.py", "-m", *_data(folder_data), "cv.fold=0,1,2", f"hydra.sweep.dir={sweep}")
+    assert (out.stdout + out.stderr).count("already finished") == 3
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name[0] != ".") == ["0", "1", "2", "merged"]
+    assert _summary(sweep / "merged") == _summary(seq) and len(pd.read_csv(sweep / "sweep_summary.csv")) == 1
     pd.testing.assert_frame_equal(pd.read_csv(sweep / "merged" / "oof.csv"), pd.read_csv(seq / "oof.csv"))
     # the same merge by hand
     _run("-m", "foldvision", "cv-merge", str(sweep / "0"), str(sweep / "1"), str(sweep / "2"), "--out", str(tmp_path / "by_hand"))

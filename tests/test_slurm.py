@@ -81,7 +81,7 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
 def test_two_fold_cv_through_submitit_slurm(slurm_cluster: dict, folder_data: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, str(ROOT / "train.py"), "-m", *TEST_OVERRIDES, "data=folder", f"data.root={folder_data}", "task=multiclass",
-           "cv.n_folds=2", "cv.fold=0,1", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug",
+           "cv.n_folds=2", "cv.fold=0,1", "hydra/launcher=slurm", "hydra.launcher.partition=debug",  # conf/hydra/launcher/slurm.yaml
            "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={sweep}"]
     out = subprocess.run(cmd, cwd=ROOT, env={**slurm_cluster, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]

@@ -24,7 +24,12 @@ def summarize_sweep(sweep_dir: Path) -> Path | None:
 
     from foldvision.io import read_json, write_csv
 
-    jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / "config.yaml").is_file()), key=lambda p: p.name)
+    # Hydra's job folders (they hold .hydra/overrides.yaml); not the merged/ folders an earlier
+    # summary of this sweep wrote, when the sweep is run again to resume it
+    jobs = sorted(
+        (p for p in sweep_dir.iterdir() if (p / "config.yaml").is_file() and (p / ".hydra" / "overrides.yaml").is_file()),
+        key=lambda p: p.name,
+    )
     if not jobs:
         return None
     overrides = {job: _member_overrides(job) for job in jobs}
