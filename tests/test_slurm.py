@@ -49,6 +49,11 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
 @pytest.fixture(scope="module")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
+    if not shutil.which("slurmctld") and shutil.which("apt-get") and os.geteuid() == 0:
+        # a fresh machine: bring the engine, as tests/test_tpu.py brings its venv (~20 s)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "slurmctld", "slurmd", "slurm-client"], env=env, capture_output=True, timeout=600)
     if not shutil.which("slurmctld"):
         pytest.fail("slurm-wlm is not installed: apt-get install -y slurmctld slurmd slurm-client (.ci/run does this)")
     d = tmp_path_factory.mktemp("slurm")
