@@ -139,7 +139,9 @@ def test_local_weights_file(tmp_path: Path) -> None:
 
     src = timm.create_model("test_efficientnet", pretrained=False, num_classes=1000)
     torch.save(src.state_dict(), tmp_path / "w.pth")
-    cfg = compose_cfg("model.pretrained=true", f"model.weights_file={tmp_path / 'w.pth'}")
-    model = create_backbone(cfg.model, 5)
-    assert torch.equal(model.conv_stem.weight, src.conv_stem.weight)
-    assert model.get_classifier().out_features == 5
+    for pretrained in ("true", "false"):  # a file given is loaded whatever model.pretrained says
+        cfg = compose_cfg(f"model.pretrained={pretrained}", f"model.weights_file={tmp_path / 'w.pth'}")
+        model = create_backbone(cfg.model, 5)
+        assert torch.equal(model.conv_stem.weight, src.conv_stem.weight)
+        assert model.get_classifier().out_features == 5
+    assert not torch.equal(create_backbone(cfg.model, 5, pretrained=False).conv_stem.weight, src.conv_stem.weight)  # predict.py

@@ -93,8 +93,10 @@ def create_backbone(cfg: DictConfig, num_classes: int, pretrained: bool | None =
         kwargs["drop_rate"] = float(cfg.drop_rate)
     if cfg.get("drop_path_rate") is not None:
         kwargs["drop_path_rate"] = float(cfg.drop_path_rate)
-    use_pretrained = bool(cfg.pretrained) if pretrained is None else pretrained
-    weights_file = cfg.get("weights_file")
+    # a weights file given is loaded, whatever model.pretrained says (it names the weights to start
+    # from); pretrained=False from the caller (predict.py, the pre-flight checks) loads nothing
+    weights_file = cfg.get("weights_file") if pretrained is not False else None
+    use_pretrained = bool(weights_file) or (bool(cfg.pretrained) if pretrained is None else pretrained)
     if use_pretrained and weights_file:
         path = Path(weights_file).expanduser()
         if not path.is_file():
