@@ -195,8 +195,9 @@ def _thresholds(cfg: DictConfig, task: Task, oof_probs: np.ndarray | None, oof_t
     return values
 
 
-def oof_ensemble(cfg: DictConfig, runs: list[RunInfo], weights: list[float]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """The ensemble applied to the runs' OOF predictions (rows every run has), with member scores."""
+def oof_ensemble(cfg: DictConfig, runs: list[RunInfo], weights: list[float]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The ensemble applied to the runs' OOF predictions (rows every run has): its probabilities,
+    the targets, and each member run's probabilities."""
     task = runs[0].task
     oofs = [_oof(r).set_index("id") for r in runs]
     common = oofs[0].index
@@ -206,14 +207,9 @@ def oof_ensemble(cfg: DictConfig, runs: list[RunInfo], weights: list[float]) -> 
         raise FoldvisionError("the runs' oof.csv files share no ids: were they trained on the same data?")
     oofs = [o.loc[common] for o in oofs]
     targets = task.targets_from_columns(oofs[0])
-    member_probs = [o[task.prob_columns()].to_numpy(dtype=np.float32) for o in oofs]
-    probs = combine(member_probs, weights, cfg.average, multiclass=task.name == "multiclass")
-    report = {
-        "rows": len(common),
-        "members": {str(r.path): task.score(p, targets) for r, p in zip(runs, member_probs)},
-        "member_probs": {str(r.path): p for r, p in zip(runs, member_probs)},  # rescored once thresholds are known
-    }
-    return probs, targets, report
+    members = {str(r.path): o[task.prob_columns()].to_numpy(dtype=np.float32) for r, o in zip(runs, oofs)}
+    probs = combine(list(members.values()), weights, cfg.average, multiclass=task.name == "multiclass")
+    return probs, targets, members
 
 
 CONFIDENCE_COLUMNS = ("conf", "confidence", "score", "prob", "probability")
@@ -328,20 +324,21 @@ def run_predict(cfg: DictConfig) -> Path:
 
     # OOF check first: the ensemble's CV score next to each member's, and tuned thresholds.
     try:
-        oof_probs, oof_targets, report = oof_ensemble(cfg, runs, weights)
+        oof_probs, oof_targets, oof_members = oof_ensemble(cfg, runs, weights)
     except FoldvisionError as e:
         if cfg.get("threshold") == "oof":
             raise
         log.warning("no OOF ensemble check: %s", e)
         oof_probs = oof_targets = None
-        report = {}
     thresholds = _thresholds(cfg, task, oof_probs, oof_targets)
-    if oof_probs is not None:
-        if thresholds is not None:  # members at the ensemble's thresholds: a like-for-like comparison
-            report["members"] = {name: task.score(p, oof_targets, thresholds) for name, p in report.pop("member_probs").items()}
-        report.pop("member_probs", None)
-        report["ensemble"] = task.score(oof_probs, oof_targets, thresholds)
-        report.update({"average": cfg.average, "weights": weights, "thresholds": thresholds})
+    report: dict[str, Any] = {}
+    if oof_probs is not None:  # members at the ensemble's thresholds: a like-for-like comparison
+        report = {
+            "rows": len(oof_targets),
+            "members": {name: task.score(p, oof_targets, thresholds) for name, p in oof_members.items()},
+            "ensemble": task.score(oof_probs, oof_targets, thresholds),
+            "average": cfg.average, "weights": weights, "thresholds": thresholds,
+        }
 
     test, sample = _test_table(cfg, runs[0])
     members = [(r, k) for r in runs for k in sorted(r.checkpoints)]

@@ -60,8 +60,8 @@ _ORIENTATIONS = {
 
 
 def _decode_jpeg(data: bytes, img: Image.Image, channels: int, min_size: Sequence[int] | None) -> np.ndarray | None:
-    """libjpeg-turbo straight into numpy (simplejpeg): about 1.5x Pillow's speed at full size, the
-    same pixels. Orientation is read from the EXIF header Pillow already parsed. None -> decode
+    """libjpeg-turbo straight into numpy (simplejpeg): 1.2-1.3x Pillow's speed at full size
+    (benchmarks/BENCHMARKS.md), the same pixels. Orientation is read from the EXIF header Pillow already parsed. None -> decode
     with Pillow (CMYK/YCCK JPEGs, or anything simplejpeg refuses, e.g. a damaged file, so that
     Pillow names the problem)."""
     # colour to gray stays with Pillow: libjpeg's gray is the stored luma, Pillow's is computed from
@@ -88,8 +88,8 @@ def load_image(path: str | os.PathLike, channels: int = 3, min_size: Sequence[in
 
     min_size: the (h, w) the caller will resize the image down to. A JPEG larger than that is then
     decoded at a reduced scale (libjpeg's DCT scaling, by 1/8 steps) that still covers it on both
-    sides, whatever the EXIF rotation: 1.3-2.5x faster for photos resized for a network, and the
-    resize that follows sees an equally good downscale. Leave it None when pixels must be at
+    sides, whatever the EXIF rotation: 1.7-2x Pillow's full decode for photos resized for a network
+    (benchmarks/BENCHMARKS.md), and the resize that follows sees an equally good downscale. Leave it None when pixels must be at
     full resolution (crop boxes are given in full-resolution pixels).
 
     Raises ImageReadError naming the file when it is missing, empty or undecodable.
