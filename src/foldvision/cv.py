@@ -215,12 +215,11 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
 
     best = Path(trainer.checkpoint_callback.best_model_path or last)
     ckpt = load_checkpoint(best)
-    # on the GPU that trained the fold (with its AMP); on CPU otherwise (XLA would compile a graph
-    # for the ragged last batch, for one pass)
+    # on the GPU that trained the fold (with its AMP); on CPU otherwise: XLA would compile a graph for
+    # the ragged last batch for one pass, and a multi-device XLA strategy trained in child
+    # processes, so its root device cannot be asked for here
     from lightning.pytorch.accelerators import CUDAAccelerator
 
-    # (an XLA strategy with several devices trained in child processes: its root device cannot be
-    # asked for here)
     device = trainer.strategy.root_device if isinstance(trainer.accelerator, CUDAAccelerator) else torch.device("cpu")
     model = module.model.to(device)
     model.load_state_dict(classifier_state(ckpt["state_dict"]))  # the EMA weights when kept
