@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from foldvision.errors import FoldvisionError
-from foldvision.io import FILE_MODE, fault_point, load_checkpoint
+from foldvision.io import atomic_open, load_checkpoint
 
 # Keys of the trainer group that are foldvision's, not pl.Trainer's.
 FOLDVISION_TRAINER_KEYS = ("channels_last", "compile")
@@ -31,20 +30,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     truncated best.ckpt/last.ckpt. Loading uses weights_only=True (no code runs from a file)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fchmod(f.fileno(), FILE_MODE)
-                os.fsync(f.fileno())
-            fault_point(f"replace:{path.name}")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(path, "wb") as f:  # temp file, fsync, rename: as every file foldvision writes
+            torch.save(checkpoint, f)
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         if not get_filesystem(path).exists(path):
