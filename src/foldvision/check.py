@@ -127,15 +127,3 @@ def run_check(cfg: DictConfig, workers: int = 4) -> list[str]:
         bad(str(e))
     con.print(f"\n{'[green]no problems found[/green]' if not problems else f'[red]{len(problems)} problem(s)[/red]'}")
     return problems
-
-
-def compose(overrides: list[str]) -> DictConfig:
-    """The config `python train.py <overrides>` would run with."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from foldvision.cli import CONF_DIR
-
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        return hydra_compose("train", overrides=overrides)
-

@@ -1,4 +1,8 @@
-"""Run folders and their saved configs.
+"""Where the configs live, composing them, and run folders with their saved configs.
+
+The built-in configs ship inside the package (`foldvision/conf/`, copied from the top-level
+`conf/` when the wheel is built), so an installed wheel finds them from any working folder; a
+checkout (or an editable install) reads `conf/` itself.
 
 A run folder holds `config.yaml`: the composed config, resolved, with data paths made absolute.
 predict.py rebuilds models from it, and `resume=` refuses a command whose config differs from it
@@ -17,6 +21,36 @@ from foldvision.errors import FoldvisionError
 from foldvision.io import write_text
 
 CONFIG_FILE = "config.yaml"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def conf_dir() -> str:
+    """The built-in config folder: the packaged `foldvision/conf` when installed from a wheel,
+    else the checkout's top-level `conf/` (editable installs, `python train.py`)."""
+    for candidate in (_PACKAGE_DIR / "conf", _PACKAGE_DIR.parents[1] / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise FoldvisionError(
+        f"foldvision's configs are missing: neither {_PACKAGE_DIR / 'conf'} nor {_PACKAGE_DIR.parents[1] / 'conf'} "
+        "holds train.yaml. Reinstall the wheel (pip install foldvision-*.whl) or run from a checkout."
+    )
+
+
+def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "train", config_dir: str | os.PathLike | None = None) -> DictConfig:
+    """The config `python train.py <overrides>` (or predict.py, with config_name="predict") would
+    run with. `config_dir`: a folder of the user's own configs (e.g. DIR/experiment/mine.yaml)
+    searched after the built-in ones, as Hydra's `--config-dir DIR` does for train.py."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    overrides = list(overrides)
+    if config_dir is not None:
+        path = Path(config_dir).expanduser().absolute()
+        if not path.is_dir():
+            raise FoldvisionError(f"--config-dir {path}: no such folder.")
+        overrides.append(f"hydra.searchpath=[file://{path}]")
+    with initialize_config_dir(conf_dir(), version_base="1.3"):
+        return hydra_compose(config_name, overrides=overrides)
 # Keys a resumed run may change: they alter how a run is shown or how far it goes, not its results.
 RESUME_SAFE_KEYS = (
     "resume", "name", "trainer.max_epochs", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
