@@ -21,10 +21,11 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from foldvision.bundle import bundled_runs
 from foldvision.config import load_run_config
 from foldvision.ensemble import combine, tune_thresholds
 from foldvision.errors import FoldvisionError
-from foldvision.io import load_checkpoint, read_json, read_oof, write_csv, write_json, write_npy
+from foldvision.io import file_sha256, load_checkpoint, read_json, read_oof, write_csv, write_json, write_npy
 from foldvision.tasks import Task, create_task
 
 log = logging.getLogger("foldvision")
@@ -87,6 +88,41 @@ def load_fold_model(run: RunInfo, fold: int, device: torch.device, fuse: bool = 
 
         model = reparameterize_model(model)  # RepVGG & co: branches fused into one conv
     return model.to(device)
+
+
+def load_fold_onnx(run: RunInfo, fold: int, device: torch.device, verified: bool = False):
+    """The fold's ONNX model (`foldvision export`) as an OrtModel. Outside a verified bundle, its
+    recorded checkpoint checksum must match the checkpoint: an ONNX file exported before the fold
+    was trained further would predict with stale weights."""
+    from foldvision.ort import META_CHECKPOINT_SHA, OrtModel, read_metadata
+
+    ckpt = run.checkpoints[fold]
+    path = ckpt.with_suffix(".onnx")
+    if not path.is_file():
+        raise FoldvisionError(
+            f"{path} missing: backend=onnx needs each fold exported. Run: foldvision export {run.path} "
+            f"--checkpoint {ckpt.stem} (then bundle again), or predict with backend=torch."
+        )
+    if not verified and read_metadata(path).get(META_CHECKPOINT_SHA) != file_sha256(ckpt):
+        raise FoldvisionError(f"{path} was exported from another {ckpt.name} than the one there now; export the run again.")
+    return OrtModel(path, device)
+
+
+def expand_runs(paths: list[Path], checkpoint: str) -> list[tuple[Path, str, list[int] | None, bool]]:
+    """(run folder, checkpoint, folds held, from a verified bundle) for each run: a bundle (or a run
+    inside one) is checksum-verified and stands for its runs, with the checkpoint and folds it holds
+    (None: a run folder, all its folds)."""
+    out = []
+    for p in paths:
+        bundled = bundled_runs(p)
+        if bundled is None:
+            out.append((p, checkpoint, None, False))
+            continue
+        for b in bundled:
+            if b.checkpoint != checkpoint:
+                log.info("%s holds the %s checkpoints; predicting with them", b.path, b.checkpoint)
+            out.append((b.path, b.checkpoint, b.folds, True))
+    return out
 
 
 class MultiSizeDataset(torch.utils.data.Dataset):
@@ -310,8 +346,13 @@ def run_predict(cfg: DictConfig) -> Path:
     run_paths = [Path(r).absolute() for r in (cfg.runs if not isinstance(cfg.runs, str) else [cfg.runs])]
     if not run_paths:
         raise FoldvisionError("runs=[] is empty: give at least one run folder.")
-    weights, folds = _check_options(cfg, len(run_paths))
-    runs = [load_run(p, cfg.checkpoint, folds, bool(cfg.allow_missing_folds)) for p in run_paths]
+    backend = cfg.get("backend", "torch")
+    if backend not in ("torch", "onnx"):
+        raise FoldvisionError(f"backend={backend!r}: choose torch or onnx.")
+    expanded = expand_runs(run_paths, cfg.checkpoint)  # a bundle stands for each of its runs
+    weights, folds = _check_options(cfg, len(expanded))
+    runs = [load_run(p, ckpt, folds if folds is not None else held, bool(cfg.allow_missing_folds)) for p, ckpt, held, _ in expanded]
+    verified = {r.path for r, (*_, v) in zip(runs, expanded) if v}
     task = runs[0].task
     for r in runs[1:]:
         if r.task.name != task.name or r.task.classes != task.classes:
@@ -342,7 +383,10 @@ def run_predict(cfg: DictConfig) -> Path:
 
     test, sample = _test_table(cfg, runs[0])
     members = [(r, k) for r in runs for k in sorted(r.checkpoints)]
-    models = [load_fold_model(r, k, device, bool(cfg.fuse)) for r, k in members]
+    if backend == "onnx":
+        models = [load_fold_onnx(r, k, device, verified=r.path in verified) for r, k in members]
+    else:
+        models = [load_fold_model(r, k, device, bool(cfg.fuse)) for r, k in members]
     keys = [r.input_key for r, _ in members]
     data_cfg = runs[0].cfg.data
     from foldvision.data.sources import table_boxes
@@ -361,10 +405,10 @@ def run_predict(cfg: DictConfig) -> Path:
         int(cfg.batch_size or data_cfg.batch_size),
         int(cfg.num_workers if cfg.num_workers is not None else data_cfg.num_workers),
     )
-    on_gpu = device.type == "cuda"
+    on_gpu = device.type == "cuda" and backend == "torch"  # onnxruntime picks its own layout and precision
     if on_gpu:
         models = [m.to(memory_format=torch.channels_last) for m in models]
-    log.info("predicting %d test images with %d model(s) x %d view(s) on %s", len(test), len(models), len(views), device)
+    log.info("predicting %d test images with %d model(s) x %d view(s) on %s (%s)", len(test), len(models), len(views), device, backend)
     member_probs = predict_batches(
         models, loader, task.activation, views, device, amp=bool(cfg.amp) and on_gpu, channels_last=on_gpu,
         input_key=lambda i: "x".join(map(str, keys[i])),
