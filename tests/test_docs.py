@@ -10,6 +10,7 @@ import shlex
 import pytest
 
 from conftest import ROOT, compose_cfg
+from foldvision.config import compose
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
@@ -63,14 +64,19 @@ def test_doc_command_composes(doc: str, tokens: list[str]) -> None:
 
         args = build_parser().parse_args(tokens[1:] if tokens[0] == "foldvision" else tokens[3:])
         if args.command == "check":
-            compose_cfg(*args.overrides, defaults=False)
+            compose(args.overrides, config_dir=ROOT / args.config_dir if args.config_dir else None)
         return
     script, args = tokens[1], [t for t in tokens[2:] if t not in ("-m", "--help") and not t.startswith(("hydra.", "hydra/"))]
     if "--cfg" in args:
         i = args.index("--cfg")
         del args[i : i + 2]
     args = [_first_sweep_value(a) for a in args]
-    cfg = compose_cfg(*args, config_name="train" if script == "train.py" else "predict", defaults=False)
+    config_dir = None
+    if "--config-dir" in args:  # the user's own config folder (the docs' example lives in docs/examples)
+        i = args.index("--config-dir")
+        config_dir, args = ROOT / args[i + 1], args[:i] + args[i + 2 :]
+    name = "train" if script == "train.py" else "predict"
+    cfg = compose(args, name, config_dir) if config_dir else compose_cfg(*args, config_name=name, defaults=False)
     if script == "train.py":  # the composed config builds what training builds first
         from foldvision.data.folds import resolve_strategy
         from foldvision.tasks import create_task
