@@ -40,7 +40,9 @@ def main() -> None:
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="torch and onnxruntime intra-op threads")
-    p.add_argument("--opt", default="all", choices=["disable", "basic", "extended", "all"], help="ORT graph optimisation")
+    p.add_argument(
+        "--opt", default="all", choices=["disable", "basic", "extended", "all"], help="ORT graph optimisation"
+    )
     p.add_argument("--repeats", type=int, default=5)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -70,8 +72,10 @@ def main() -> None:
         rates["onnx"].append(rate(sessions))
     ratios = [o / t for o, t in zip(rates["onnx"], rates["torch"])]
     med = {k: statistics.median(v) for k, v in rates.items()}
-    print(f"{machine()}; {a.model} {a.size}px, {a.folds} folds x {len(views)} views, {a.images} images, batch {a.batch}, "
-          f"ORT opt={a.opt}, {a.threads} thread(s), {a.repeats} interleaved repeats")
+    print(
+        f"{machine()}; {a.model} {a.size}px, {a.folds} folds x {len(views)} views, {a.images} images, batch {a.batch}, "
+        f"ORT opt={a.opt}, {a.threads} thread(s), {a.repeats} interleaved repeats"
+    )
     print(f"torch eager:  {med['torch']:.1f} img/s")
     print(f"onnxruntime:  {med['onnx']:.1f} img/s")
     print(f"ratio onnx/torch: median {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})")

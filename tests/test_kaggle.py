@@ -35,7 +35,9 @@ def _predict(*overrides: str) -> np.ndarray:
 def run2(folder_data: Path, tmp_path: Path) -> Path:
     """Two trained folds of a 3-fold multiclass run (fold 2 left untrained, as a fold-parallel user may)."""
     run = tmp_path / "run"
-    run_cv(compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3", "cv.folds=[0,1]"), run)
+    run_cv(
+        compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3", "cv.folds=[0,1]"), run
+    )
     return run
 
 
@@ -44,8 +46,14 @@ def test_bundle_round_trip_and_tampering(run2: Path, tmp_path: Path) -> None:
     manifest = json.loads((bundle / MANIFEST).read_text())
     files = set(manifest["files"])
     assert files == {
-        "run/config.yaml", "run/classes.json", "run/data_config.json", "run/oof.csv",
-        "run/fold_0/best.ckpt", "run/fold_0/result.json", "run/fold_1/best.ckpt", "run/fold_1/result.json",
+        "run/config.yaml",
+        "run/classes.json",
+        "run/data_config.json",
+        "run/oof.csv",
+        "run/fold_0/best.ckpt",
+        "run/fold_0/result.json",
+        "run/fold_1/best.ckpt",
+        "run/fold_1/result.json",
     }  # exactly what predict needs: no last.ckpt, report, logs
     assert manifest["runs"]["run"] == {"source": str(run2), "folds": [0, 1]} and manifest["foldvision_version"]
     assert manifest["bytes"] < manifest["source_bytes"] / 2
@@ -56,7 +64,9 @@ def test_bundle_round_trip_and_tampering(run2: Path, tmp_path: Path) -> None:
     # predictions from the bundle (whole, or one run inside it) equal those from the run folder
     expected = _predict(f"runs=[{run2}]", "folds=[0,1]", "tta=[hflip]", f"out={tmp_path}/a/s.csv")
     np.testing.assert_array_equal(_predict(f"runs=[{bundle}]", "tta=[hflip]", f"out={tmp_path}/b/s.csv"), expected)
-    np.testing.assert_array_equal(_predict(f"runs=[{bundle / 'run'}]", "tta=[hflip]", f"out={tmp_path}/c/s.csv"), expected)
+    np.testing.assert_array_equal(
+        _predict(f"runs=[{bundle / 'run'}]", "tta=[hflip]", f"out={tmp_path}/c/s.csv"), expected
+    )
 
     with pytest.raises(FoldvisionError, match="already exists"):
         make_bundle([run2], bundle)
@@ -147,13 +157,33 @@ def test_user_config_dir_experiment(tmp_path: Path, folder_data: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "--config-dir", str(mine), "experiment=mine", "--cfg", "job"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "drop_rate: 0.123" in out and "n_folds: 4" in out
     out = subprocess.run(
-        [sys.executable, "-m", "foldvision", "check", "--config-dir", str(mine), "experiment=mine",
-         *TEST_OVERRIDES, "model.name=not_a_timm_net", "data=folder", f"data.root={folder_data}", "task=multiclass"],
-        cwd=tmp_path, env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "foldvision",
+            "check",
+            "--config-dir",
+            str(mine),
+            "experiment=mine",
+            *TEST_OVERRIDES,
+            "model.name=not_a_timm_net",
+            "data=folder",
+            f"data.root={folder_data}",
+            "task=multiclass",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert out.returncode == 1 and "model.name=not_a_timm_net is not a timm model" in out.stdout
     assert "4 stratified folds can be made" in out.stdout  # cv.n_folds=4 came from the user's experiment

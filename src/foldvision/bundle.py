@@ -77,7 +77,8 @@ def _copy_run(run_path: Path, dest: Path, checkpoint: str) -> list[int]:
     checkpoints = {
         int(d.name.split("_", 1)[1]): d / f"{checkpoint}.ckpt"
         for d in run_path.glob("fold_*")
-        if d.name.split("_", 1)[1].isdigit() and (d / f"{checkpoint}.ckpt").is_file()
+        if d.name.split("_", 1)[1].isdigit()
+        and (d / f"{checkpoint}.ckpt").is_file()
         and (checkpoint == "last" or (d / "result.json").is_file())
     }
     if not checkpoints:
@@ -113,8 +114,12 @@ def make_bundle(runs: list[Path], out: Path, checkpoint: str = "best") -> Path:
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
         manifest: dict[str, Any] = {
-            "format": FORMAT, "foldvision_version": __version__, "checkpoint": checkpoint,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "runs": {}, "files": {},
+            "format": FORMAT,
+            "foldvision_version": __version__,
+            "checkpoint": checkpoint,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "runs": {},
+            "files": {},
         }
         source_bytes = 0
         for run_path in runs:
@@ -136,8 +141,10 @@ def make_bundle(runs: list[Path], out: Path, checkpoint: str = "best") -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    msg = (f"bundle: {out} ({len(manifest['files'])} files, {_human(manifest['bytes'])}; "
-           f"the run folder(s): {_human(source_bytes)}, {manifest['bytes'] / max(source_bytes, 1):.0%})")
+    msg = (
+        f"bundle: {out} ({len(manifest['files'])} files, {_human(manifest['bytes'])}; "
+        f"the run folder(s): {_human(source_bytes)}, {manifest['bytes'] / max(source_bytes, 1):.0%})"
+    )
     log.info(msg)
     print(msg)
     return out
@@ -150,18 +157,23 @@ def _verify(root: Path, manifest: dict[str, Any], prefix: str = "") -> None:
             continue
         path = root / rel
         if not path.is_file():
-            raise FoldvisionError(f"bundle {root}: {rel} is missing; the bundle is incomplete. Rebuild it with foldvision bundle.")
+            raise FoldvisionError(
+                f"bundle {root}: {rel} is missing; the bundle is incomplete. Rebuild it with foldvision bundle."
+            )
         if path.stat().st_size != meta["bytes"] or file_sha256(path) != meta["sha256"]:
             raise FoldvisionError(
                 f"bundle {root}: {rel} does not match its checksum in {MANIFEST} (changed or damaged after bundling). "
-                "Upload the bundle again or rebuild it with foldvision bundle; predicting from it could use wrong weights."
+                "Upload the bundle again or rebuild it with foldvision bundle; "
+                "predicting from it could use wrong weights."
             )
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:
     manifest = read_json(root / MANIFEST)
     if manifest.get("format") != FORMAT:
-        raise FoldvisionError(f"{root / MANIFEST}: format {manifest.get('format')!r} is not {FORMAT!r}; rebuild the bundle.")
+        raise FoldvisionError(
+            f"{root / MANIFEST}: format {manifest.get('format')!r} is not {FORMAT!r}; rebuild the bundle."
+        )
     return manifest
 
 
@@ -172,7 +184,9 @@ def bundled_runs(path: Path) -> list[BundledRun] | None:
     if (path / MANIFEST).is_file():
         manifest = _read_manifest(path)
         _verify(path, manifest)
-        return [BundledRun(path / name, list(r["folds"]), manifest["checkpoint"]) for name, r in manifest["runs"].items()]
+        return [
+            BundledRun(path / name, list(r["folds"]), manifest["checkpoint"]) for name, r in manifest["runs"].items()
+        ]
     if (path.parent / MANIFEST).is_file():
         manifest = _read_manifest(path.parent)
         if path.name in manifest["runs"]:

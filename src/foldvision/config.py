@@ -36,7 +36,9 @@ def conf_dir() -> str:
     )
 
 
-def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "train", config_dir: str | os.PathLike | None = None) -> DictConfig:
+def compose(
+    overrides: list[str] | tuple[str, ...] = (), config_name: str = "train", config_dir: str | os.PathLike | None = None
+) -> DictConfig:
     """The config `python train.py <overrides>` (or predict.py, with config_name="predict") would
     run with. `config_dir`: a folder of the user's own configs (e.g. DIR/experiment/mine.yaml)
     searched after the built-in ones, as Hydra's `--config-dir DIR` does for train.py."""

@@ -65,8 +65,13 @@ def export_model(model: torch.nn.Module, path: Path, input_key: tuple[int, int, 
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice: chosen on purpose (above)
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            model, (dummy,), str(path), dynamo=False, opset_version=OPSET,
-            input_names=["images"], output_names=["logits"],
+            model,
+            (dummy,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["images"],
+            output_names=["logits"],
             dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
         )
     proto = onnx.load(str(path))
@@ -77,7 +82,9 @@ def export_model(model: torch.nn.Module, path: Path, input_key: tuple[int, int, 
     onnx.save(proto, str(path))
 
 
-def max_prob_difference(model: torch.nn.Module, session: OrtModel, images: torch.Tensor, activation, batch: int = 16) -> float:
+def max_prob_difference(
+    model: torch.nn.Module, session: OrtModel, images: torch.Tensor, activation, batch: int = 16
+) -> float:
     """Largest |p_onnx - p_torch| over `images`, fed in batches of another size than the export's."""
     worst = 0.0
     with torch.inference_mode():

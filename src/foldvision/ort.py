@@ -51,10 +51,17 @@ def providers(device: torch.device) -> list[str]:
 class OrtModel:
     """A callable like the PyTorch Classifier: (N, C, H, W) uint8 tensor -> logits tensor."""
 
-    def __init__(self, path: Path, device: torch.device | str = "cpu", threads: int = 0, optimization: str = "all") -> None:
+    def __init__(
+        self, path: Path, device: torch.device | str = "cpu", threads: int = 0, optimization: str = "all"
+    ) -> None:
         ort = require("onnxruntime")
         options = ort.SessionOptions()
-        levels = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+        levels = {
+            "disable": "ORT_DISABLE_ALL",
+            "basic": "ORT_ENABLE_BASIC",
+            "extended": "ORT_ENABLE_EXTENDED",
+            "all": "ORT_ENABLE_ALL",
+        }
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, levels[optimization])
         options.intra_op_num_threads = threads  # 0: onnxruntime's default (one per physical core)
         self.path = Path(path)

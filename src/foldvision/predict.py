@@ -104,7 +104,9 @@ def load_fold_onnx(run: RunInfo, fold: int, device: torch.device, verified: bool
             f"--checkpoint {ckpt.stem} (then bundle again), or predict with backend=torch."
         )
     if not verified and read_metadata(path).get(META_CHECKPOINT_SHA) != file_sha256(ckpt):
-        raise FoldvisionError(f"{path} was exported from another {ckpt.name} than the one there now; export the run again.")
+        raise FoldvisionError(
+            f"{path} was exported from another {ckpt.name} than the one there now; export the run again."
+        )
     return OrtModel(path, device)
 
 
@@ -351,7 +353,10 @@ def run_predict(cfg: DictConfig) -> Path:
         raise FoldvisionError(f"backend={backend!r}: choose torch or onnx.")
     expanded = expand_runs(run_paths, cfg.checkpoint)  # a bundle stands for each of its runs
     weights, folds = _check_options(cfg, len(expanded))
-    runs = [load_run(p, ckpt, folds if folds is not None else held, bool(cfg.allow_missing_folds)) for p, ckpt, held, _ in expanded]
+    runs = [
+        load_run(p, ckpt, folds if folds is not None else held, bool(cfg.allow_missing_folds))
+        for p, ckpt, held, _ in expanded
+    ]
     verified = {r.path for r, (*_, v) in zip(runs, expanded) if v}
     task = runs[0].task
     for r in runs[1:]:
@@ -408,7 +413,10 @@ def run_predict(cfg: DictConfig) -> Path:
     on_gpu = device.type == "cuda" and backend == "torch"  # onnxruntime picks its own layout and precision
     if on_gpu:
         models = [m.to(memory_format=torch.channels_last) for m in models]
-    log.info("predicting %d test images with %d model(s) x %d view(s) on %s (%s)", len(test), len(models), len(views), device, backend)
+    log.info(
+        "predicting %d test images with %d model(s) x %d view(s) on %s (%s)",
+        len(test), len(models), len(views), device, backend,
+    )
     member_probs = predict_batches(
         models, loader, task.activation, views, device, amp=bool(cfg.amp) and on_gpu, channels_last=on_gpu,
         input_key=lambda i: "x".join(map(str, keys[i])),
