@@ -187,3 +187,33 @@ def test_user_config_dir_experiment(tmp_path: Path, folder_data: Path) -> None:
     )
     assert out.returncode == 1 and "model.name=not_a_timm_net is not a timm model" in out.stdout
     assert "4 stratified folds can be made" in out.stdout  # cv.n_folds=4 came from the user's experiment
+
+
+def test_export_fuses_repvgg(folder_data: Path, tmp_path: Path) -> None:
+    """RepVGG is exported with its branches fused (one Conv per block), as predict.py runs it."""
+    from foldvision.config import resolve_config, save_run_config
+    from foldvision.io import write_json
+    from foldvision.models.backbone import create_classifier
+
+    cfg = resolve_config(
+        compose_cfg(
+            "data=folder",
+            f"data.root={folder_data}",
+            "task=multiclass",
+            "model=repvgg_a0",
+            "model.pretrained=false",
+            "cv.n_folds=2",
+        )
+    )
+    run = tmp_path / "repvgg_run"
+    model, data_config = create_classifier(cfg.model, 3, image_size=32, pretrained=False)
+    save_run_config(run, cfg)
+    write_json(run / "classes.json", {"task": "multiclass", "classes": ["cat", "dog", "fox"]})
+    write_json(run / "data_config.json", data_config)
+    (run / "fold_0").mkdir()
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, run / "fold_0" / "best.ckpt")
+    write_json(run / "fold_0" / "result.json", {})
+    (path,) = export_run(run)  # parity with the fused PyTorch model is checked inside
+    blocks = sum(type(m).__name__ == "RepVggBlock" for m in model.modules())
+    convs = sum(node.op_type == "Conv" for node in onnx.load(str(path)).graph.node)
+    assert blocks > 10 and convs == blocks  # unfused, each block would add a 1x1 conv branch
