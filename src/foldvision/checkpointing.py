@@ -6,8 +6,8 @@ N minutes of training, after a finished optimizer step.
 
 Resuming from such a checkpoint gives the same weights as an uninterrupted run because:
 - Lightning 2.6 restores its loop counters (the batch index within the epoch) and calls
-  `load_state_dict` on a train loader that has one (`_Stateful`) before iterating it;
-  `ResumableLoader` stores (epoch, batches done) and makes the EpochSampler skip the samples
+  `load_state_dict` on a train loader that has one (`_Stateful`) before iterating it (made
+  reliable by `RestoreLoaderState`); `ResumableLoader` stores (epoch, batches done) and makes the EpochSampler skip the samples
   those batches took, so the epoch continues with the next unseen batch, in the same order and
   with the same per-sample augmentation seeds;
 - dropout, CutMix/MixUp and any other global randomness are reseeded before every batch from
@@ -53,6 +53,19 @@ class IntervalCheckpoint(pl.Callback):
             return
         trainer.save_checkpoint(self.path)
         self._last = time.monotonic()
+
+
+class RestoreLoaderState(pl.Callback):
+    """Hands the checkpoint's loader state to the train loader before its first batch.
+
+    Lightning loads it only in FitLoop.setup_data, and only when the loop is already restarting;
+    but configure_optimizers asks for trainer.estimated_stepping_batches (the LR schedule), which
+    sets the data up before the checkpoint's loop state is restored, so the state would be
+    dropped and a mid-epoch resume would repeat the epoch's first batches. The sampler is
+    iterated lazily at the first batch, after this hook."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.fit_loop._load_combined_loader_states()  # no-op unless restarting with a saved state
 
 
 class ResumableLoader(DataLoader):

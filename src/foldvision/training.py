@@ -16,7 +16,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
-from foldvision.checkpointing import IntervalCheckpoint
+from foldvision.checkpointing import IntervalCheckpoint, RestoreLoaderState
 from foldvision.errors import FoldvisionError
 from foldvision.io import atomic_open, load_checkpoint
 from foldvision.loggers import FinishRuns, build_loggers
@@ -235,6 +235,7 @@ def build_trainer(cfg: DictConfig, fold_dir: Path, monitor: str, mode: str = "ma
             save_last=bool(cb_cfg.checkpoint.save_last), save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False,
         ),
         EpochSeed(int(cfg.seed)),
+        RestoreLoaderState(),
         EpochLog(),
     ]
     es = cb_cfg.early_stopping
