@@ -31,6 +31,7 @@ def _loader_state(ckpt_path: Path) -> dict:
     return state
 
 
+@pytest.mark.slow  # three training processes (~45 s of CPU)
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(folder_data: Path, tmp_path: Path) -> None:
     straight = tmp_path / "straight"
     subprocess.run(_interval_cmd(folder_data, straight), check=True, env=_env(), capture_output=True)
