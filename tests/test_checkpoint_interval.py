@@ -22,8 +22,10 @@ BATCHES = 10  # 20 training images of fold 0 (30 images, 3 folds) in batches of 
 
 
 def _interval_cmd(data_root: Path, run_dir: Path) -> list[str]:
-    # 0.0005 min = 30 ms: a checkpoint after nearly every batch; one fold, 2 epochs of 10 batches
-    return [*_cmd(data_root, run_dir, "cv.folds=[0]", "trainer.max_epochs=2", "data.batch_size=2"), "trainer.checkpoint_every_minutes=0.0005"]
+    # 0.0005 min = 30 ms: a checkpoint after nearly every batch; one fold, 2 epochs of 10 batches;
+    # dropout, strong augmentation and EMA all have to resume exactly
+    extra = ("cv.folds=[0]", "trainer.max_epochs=2", "data.batch_size=2", "model.ema=true", "trainer.checkpoint_every_minutes=0.0005")
+    return _cmd(data_root, run_dir, *extra)
 
 
 def _loader_state(ckpt_path: Path) -> dict:
