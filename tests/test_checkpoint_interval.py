@@ -24,7 +24,13 @@ BATCHES = 10  # 20 training images of fold 0 (30 images, 3 folds) in batches of 
 def _interval_cmd(data_root: Path, run_dir: Path) -> list[str]:
     # 0.0005 min = 30 ms: a checkpoint after nearly every batch; one fold, 2 epochs of 10 batches;
     # dropout, strong augmentation and EMA all have to resume exactly
-    extra = ("cv.folds=[0]", "trainer.max_epochs=2", "data.batch_size=2", "model.ema=true", "trainer.checkpoint_every_minutes=0.0005")
+    extra = (
+        "cv.folds=[0]",
+        "trainer.max_epochs=2",
+        "data.batch_size=2",
+        "model.ema=true",
+        "trainer.checkpoint_every_minutes=0.0005",
+    )
     return _cmd(data_root, run_dir, *extra)
 
 
@@ -39,7 +45,9 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(folder_data: Path, t
     subprocess.run(_interval_cmd(folder_data, straight), check=True, env=_env(), capture_output=True)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_interval_cmd(folder_data, killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _interval_cmd(folder_data, killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     target = killed / "fold_0" / "last.ckpt"
     deadline = time.time() + 120
     while not target.exists() and proc.poll() is None and time.time() < deadline:
@@ -52,7 +60,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(folder_data: Path, t
     assert state["epoch"] == 0 and 0 < state["batches"] < BATCHES, f"not a mid-epoch checkpoint: {state}"
     assert not (killed / "fold_0" / "result.json").exists()
 
-    out = subprocess.run(_interval_cmd(folder_data, killed), env=_env(), capture_output=True, text=True)
+    out = subprocess.run(_interval_cmd(folder_data, killed), env=_env(), capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "dataloader is not resumable" not in out.stderr  # Lightning's warning for a loader it cannot resume
 

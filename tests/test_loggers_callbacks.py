@@ -25,13 +25,17 @@ def test_mlflow_one_run_per_fold_under_the_cv_run(folder_data: Path, tmp_path: P
     from mlflow.tracking import MlflowClient
 
     run_dir = tmp_path / "run"
-    run_cv(_folder(folder_data, "logger=mlflow", "logger.mlflow.experiment_name=letters", "trainer.max_epochs=2"), run_dir)
+    run_cv(
+        _folder(folder_data, "logger=mlflow", "logger.mlflow.experiment_name=letters", "trainer.max_epochs=2"), run_dir
+    )
     summary = json.loads((run_dir / "cv_summary.json").read_text())
     client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
     exp = client.get_experiment_by_name("letters")
     runs = client.search_runs([exp.experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("foldvision_role") == "cv"]
-    children = sorted((r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id), key=lambda r: r.info.run_name)
+    children = sorted(
+        (r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id), key=lambda r: r.info.run_name
+    )
     assert [r.info.run_name for r in children] == ["fold_0", "fold_1"] and len(runs) == 3
     for r, fold in zip(children, summary["folds"]):
         history = client.get_metric_history(r.info.run_id, "val/accuracy")
@@ -45,7 +49,9 @@ def test_mlflow_one_run_per_fold_under_the_cv_run(folder_data: Path, tmp_path: P
     assert (run_dir / "fold_0" / "metrics.csv").is_file()  # the CSV logger stays on
 
 
-def test_wandb_offline_runs_hold_the_metrics(folder_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wandb_offline_runs_hold_the_metrics(
+    folder_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run_dir = tmp_path / "run"
@@ -66,7 +72,10 @@ def _wandb_values(run: Path, key: str) -> list[float]:
 
     (data,) = [f.read_bytes() for f in run.glob("*.wandb")]
     k = key.encode()
-    return [float(m.group(2)) for m in re.finditer(rb"\x12" + bytes([len(k)]) + re.escape(k) + rb"\x82\x01(.)([-0-9.e]+)", data)]
+    return [
+        float(m.group(2))
+        for m in re.finditer(rb"\x12" + bytes([len(k)]) + re.escape(k) + rb"\x82\x01(.)([-0-9.e]+)", data)
+    ]
 
 
 def test_missing_tracker_package_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,7 +86,12 @@ def test_missing_tracker_package_is_named(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_swa_from_config_averages_the_weights(folder_data: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    run_cv(_folder(folder_data, "callbacks=swa", "callbacks.swa.swa_epoch_start=1", "trainer.max_epochs=3", "cv.folds=[0]"), run_dir)
+    run_cv(
+        _folder(
+            folder_data, "callbacks=swa", "callbacks.swa.swa_epoch_start=1", "trainer.max_epochs=3", "cv.folds=[0]"
+        ),
+        run_dir,
+    )
     ckpt = load_checkpoint(run_dir / "fold_0" / "last.ckpt")
     (swa,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("StochasticWeightAveraging")]
     assert swa["n_averaged"] == 3  # epochs 0 (start), 1 and 2 averaged
@@ -88,11 +102,15 @@ def test_swa_from_config_averages_the_weights(folder_data: Path, tmp_path: Path)
 
 
 def test_any_callback_from_the_command_line(tmp_path: Path) -> None:
-    cfg = compose_cfg("+callbacks.timer._target_=lightning.pytorch.callbacks.Timer", "+callbacks.timer.duration=00:01:00:00")
+    cfg = compose_cfg(
+        "+callbacks.timer._target_=lightning.pytorch.callbacks.Timer", "+callbacks.timer.duration=00:01:00:00"
+    )
     names = [type(c).__name__ for c in build_trainer(cfg, tmp_path / "fold_0", "val/accuracy").callbacks]
     assert "Timer" in names
     off = compose_cfg("callbacks=swa", "callbacks.swa=false")
-    assert "StochasticWeightAveraging" not in [type(c).__name__ for c in build_trainer(off, tmp_path / "f", "val/accuracy").callbacks]
+    assert "StochasticWeightAveraging" not in [
+        type(c).__name__ for c in build_trainer(off, tmp_path / "f", "val/accuracy").callbacks
+    ]
     with pytest.raises(FoldvisionError, match="callbacks.bad"):
         build_trainer(compose_cfg("+callbacks.bad=3"), tmp_path / "fold_0", "val/accuracy")
     with pytest.raises(FoldvisionError, match="logger.csv"):

@@ -24,14 +24,17 @@ def test_softmax_focal_gamma0_is_cross_entropy() -> None:
     w = torch.tensor([1.0, 2.0, 0.5, 1.5, 3.0])
     assert torch.allclose(SoftmaxFocalLoss(0.0)(LOGITS, CLASSES), nn.CrossEntropyLoss()(LOGITS, CLASSES))
     assert torch.allclose(SoftmaxFocalLoss(0.0, w)(LOGITS, CLASSES), nn.CrossEntropyLoss(weight=w)(LOGITS, CLASSES))
-    assert torch.allclose(SoftmaxFocalLoss(0.0, label_smoothing=0.1)(LOGITS, CLASSES), nn.CrossEntropyLoss(label_smoothing=0.1)(LOGITS, CLASSES))
+    assert torch.allclose(
+        SoftmaxFocalLoss(0.0, label_smoothing=0.1)(LOGITS, CLASSES),
+        nn.CrossEntropyLoss(label_smoothing=0.1)(LOGITS, CLASSES),
+    )
     # soft targets (CutMix/MixUp): torch's cross-entropy with class probabilities
     assert torch.allclose(SoftmaxFocalLoss(0.0, w)(LOGITS, SOFT), nn.CrossEntropyLoss(weight=w)(LOGITS, SOFT))
 
 
 def test_softmax_focal_matches_its_formula() -> None:
     p = LOGITS.softmax(-1).gather(1, CLASSES[:, None]).squeeze(1)
-    expected = (-(1 - p) ** 2 * p.log()).mean()
+    expected = (-((1 - p) ** 2) * p.log()).mean()
     got = SoftmaxFocalLoss(2.0)(LOGITS, CLASSES)
     assert torch.allclose(got, expected) and got < nn.CrossEntropyLoss()(LOGITS, CLASSES)
 
@@ -47,7 +50,9 @@ def test_sigmoid_focal_gamma0_is_bce() -> None:
 
 
 def test_asl_reduces_to_bce_and_focal() -> None:
-    assert torch.allclose(AsymmetricLoss(0, 0, 0)(LOGITS, MULTIHOT), nn.BCEWithLogitsLoss()(LOGITS, MULTIHOT), atol=1e-6)
+    assert torch.allclose(
+        AsymmetricLoss(0, 0, 0)(LOGITS, MULTIHOT), nn.BCEWithLogitsLoss()(LOGITS, MULTIHOT), atol=1e-6
+    )
     focal = sigmoid_focal_loss(LOGITS, MULTIHOT, alpha=-1, gamma=2.0, reduction="mean")
     assert torch.allclose(AsymmetricLoss(2.0, 2.0, 0)(LOGITS, MULTIHOT), focal, atol=1e-6)
 
@@ -65,7 +70,9 @@ def test_task_builds_the_configured_loss() -> None:
     assert isinstance(loss, SoftmaxFocalLoss) and loss.gamma == 1.0
     # CutMix/MixUp soft targets go through the focal loss, not a hard-coded cross-entropy
     soft = torch.tensor([[0.5, 0.5, 0.0]])
-    assert torch.allclose(mc.soft_loss(torch.tensor([[2.0, 0.0, -1.0]]), soft, loss), loss(torch.tensor([[2.0, 0.0, -1.0]]), soft))
+    assert torch.allclose(
+        mc.soft_loss(torch.tensor([[2.0, 0.0, -1.0]]), soft, loss), loss(torch.tensor([[2.0, 0.0, -1.0]]), soft)
+    )
     ml = create_task(compose_cfg("task=multilabel", "task.loss=asl").task, ["a", "b"])
     assert isinstance(ml.loss_fn(), AsymmetricLoss)
     ml = create_task(compose_cfg("task=multilabel", "task.pos_weight=auto").task, ["a", "b"])

@@ -7,9 +7,9 @@ N minutes of training, after a finished optimizer step.
 Resuming from such a checkpoint gives the same weights as an uninterrupted run because:
 - Lightning 2.6 restores its loop counters (the batch index within the epoch) and calls
   `load_state_dict` on a train loader that has one (`_Stateful`) before iterating it (made
-  reliable by `RestoreLoaderState`); `ResumableLoader` stores (epoch, batches done) and makes the EpochSampler skip the samples
-  those batches took, so the epoch continues with the next unseen batch, in the same order and
-  with the same per-sample augmentation seeds;
+  reliable by `RestoreLoaderState`); `ResumableLoader` stores (epoch, batches done) and makes
+  the EpochSampler skip the samples those batches took, so the epoch continues with the next
+  unseen batch, in the same order and with the same per-sample augmentation seeds;
 - dropout, CutMix/MixUp and any other global randomness are reseeded before every batch from
   (seed, epoch, batch index) (training.EpochSeed), not once per epoch.
 """
@@ -36,7 +36,9 @@ class IntervalCheckpoint(pl.Callback):
 
     def __init__(self, path: str | Path, minutes: float) -> None:
         if not minutes or float(minutes) <= 0:
-            raise FoldvisionError(f"trainer.checkpoint_every_minutes={minutes}: give a positive number of minutes, or null (off).")
+            raise FoldvisionError(
+                f"trainer.checkpoint_every_minutes={minutes}: give a positive number of minutes, or null (off)."
+            )
         self.path = str(path)
         self.seconds = float(minutes) * 60.0
         self._last = time.monotonic()
@@ -44,7 +46,9 @@ class IntervalCheckpoint(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last = time.monotonic()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         loop = trainer.fit_loop.epoch_loop
         if loop._num_ready_batches_reached() or loop._should_accumulate():
             return

@@ -31,9 +31,17 @@ from foldvision.errors import FoldvisionError
 
 log = logging.getLogger("foldvision")
 
-DEFAULT_TARGETS = {"csv": "lightning.pytorch.loggers.CSVLogger", "tensorboard": "lightning.pytorch.loggers.TensorBoardLogger"}
+DEFAULT_TARGETS = {
+    "csv": "lightning.pytorch.loggers.CSVLogger",
+    "tensorboard": "lightning.pytorch.loggers.TensorBoardLogger",
+}
 # foldvision's tags on MLflow runs: find the CV run's parent and its fold runs again on resume
-TAG_RUN_DIR, TAG_ROLE, TAG_FOLD, TAG_PARENT = "foldvision_run_dir", "foldvision_role", "foldvision_fold", "mlflow.parentRunId"
+TAG_RUN_DIR, TAG_ROLE, TAG_FOLD, TAG_PARENT = (
+    "foldvision_run_dir",
+    "foldvision_role",
+    "foldvision_fold",
+    "mlflow.parentRunId",
+)
 EXTRAS = {MLFlowLogger: ("mlflow", "mlflow"), WandbLogger: ("wandb", "wandb")}
 
 
@@ -57,7 +65,7 @@ def logger_entries(logger_cfg: DictConfig | None) -> dict[str, dict[str, Any]]:
 def _logger_class(name: str, entry: dict[str, Any]) -> type:
     try:
         cls = get_class(entry["_target_"])
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001  (any import failure: named with its key)
         raise FoldvisionError(f"logger.{name}._target_={entry['_target_']!r} cannot be imported: {e}") from None
     for base, (module, extra) in EXTRAS.items():
         if issubclass(cls, base):
@@ -65,7 +73,7 @@ def _logger_class(name: str, entry: dict[str, Any]) -> type:
                 __import__(module)
             except ImportError:
                 raise FoldvisionError(
-                    f"logger.{name} ({cls.__name__}) needs the {module} package: pip install -e \".[{extra}]\" "
+                    f'logger.{name} ({cls.__name__}) needs the {module} package: pip install -e ".[{extra}]" '
                     f"(or pip install {module}), or choose another logger (logger=csv)."
                 ) from None
     return cls
@@ -83,8 +91,10 @@ def build_loggers(logger_cfg: DictConfig | None, fold_dir: Path) -> list[Logger]
             kwargs.pop("artifact_location", None)  # an experiment setting, applied when it is created
         try:
             loggers.append(instantiate(kwargs))
-        except Exception as e:
-            raise FoldvisionError(f"logger.{name}: {cls.__name__}({', '.join(k for k in kwargs if k != '_target_')}) failed: {e}") from None
+        except Exception as e:  # noqa: BLE001  (the logger's own error, named with its key)
+            raise FoldvisionError(
+                f"logger.{name}: {cls.__name__}({', '.join(k for k in kwargs if k != '_target_')}) failed: {e}"
+            ) from None
     return loggers
 
 
@@ -99,7 +109,14 @@ def _fold_defaults(cls: type, entry: dict[str, Any], fold_dir: Path) -> dict[str
     if issubclass(cls, WandbLogger):
         # a stable id per fold: a resumed fold continues its W&B run
         run_id = hashlib.sha1(str(run_dir).encode()).hexdigest()[:10] + "-" + fold.replace("_", "")
-        return {"save_dir": str(run_dir), "name": fold, "group": run_dir.name, "job_type": "fold", "id": run_id, "offline": True}
+        return {
+            "save_dir": str(run_dir),
+            "name": fold,
+            "group": run_dir.name,
+            "job_type": "fold",
+            "id": run_id,
+            "offline": True,
+        }
     if "save_dir" in inspect.signature(cls.__init__).parameters:
         return {"save_dir": str(fold_dir)}
     return {}
@@ -183,7 +200,9 @@ def _mlflow_finish(entry: dict[str, Any], run_dir: Path, summary: dict[str, Any]
         fold = f"fold_{r['fold']}"
         runs = client.search_runs([exp_id], f"tags.`{TAG_PARENT}` = '{parent}' and tags.{TAG_FOLD} = '{fold}'")
         if runs:
-            client.log_batch(runs[0].info.run_id, metrics=[Metric(f"oof/{m}", float(v), now, 0) for m, v in r["scores"].items()])
+            client.log_batch(
+                runs[0].info.run_id, metrics=[Metric(f"oof/{m}", float(v), now, 0) for m, v in r["scores"].items()]
+            )
     for name in ("cv_summary.json", "oof.csv", "config.yaml"):
         if (run_dir / name).is_file():
             client.log_artifact(parent, str(run_dir / name))
@@ -199,8 +218,14 @@ def _wandb_finish(entry: dict[str, Any], run_dir: Path, summary: dict[str, Any])
     d = _fold_defaults(WandbLogger, entry, run_dir / "cv")
     offline = entry.get("offline", d["offline"])
     run = wandb.init(
-        project=entry.get("project"), dir=entry.get("save_dir") or d["save_dir"], group=entry.get("group") or d["group"],
-        name="cv", job_type="cv", id=d["id"], resume="allow", mode="offline" if offline else None,
+        project=entry.get("project"),
+        dir=entry.get("save_dir") or d["save_dir"],
+        group=entry.get("group") or d["group"],
+        name="cv",
+        job_type="cv",
+        id=d["id"],
+        resume="allow",
+        mode="offline" if offline else None,
     )
     metrics = _cv_metrics(summary)
     run.log(metrics)

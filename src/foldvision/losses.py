@@ -53,7 +53,9 @@ class SoftmaxFocalLoss(nn.Module):
             per_class = per_class * soft
             if w is not None:  # torch's rule for weighted hard targets: divide by the targets' weights
                 if self.label_smoothing:
-                    raise FoldvisionError("task.loss=focal with both task.class_weights and task.label_smoothing is not supported.")
+                    raise FoldvisionError(
+                        "task.loss=focal with both task.class_weights and task.label_smoothing is not supported."
+                    )
                 return (per_class * w).sum(-1).sum() / w[targets].sum()
             return per_class.sum(-1).mean()
         per_class = per_class * targets.to(logp.dtype)
@@ -116,7 +118,9 @@ def resolve_pos_weight(pos_weight: Any, n_labels: int, train_targets: np.ndarray
         pos = t.sum(axis=0)
         return torch.tensor((len(t) - pos) / np.maximum(pos, 1), dtype=torch.float32)
     if isinstance(pos_weight, str):
-        raise FoldvisionError(f"task.pos_weight={pos_weight!r}: use null, auto, a number, or a list of {n_labels} numbers.")
+        raise FoldvisionError(
+            f"task.pos_weight={pos_weight!r}: use null, auto, a number, or a list of {n_labels} numbers."
+        )
     values = [pos_weight] * n_labels if isinstance(pos_weight, (int, float)) else list(pos_weight)
     w = torch.tensor(values, dtype=torch.float32)
     if w.numel() != n_labels:
@@ -154,5 +158,7 @@ def multilabel_loss(cfg: Any, n_labels: int, train_targets: np.ndarray | None) -
         return SigmoidFocalLoss(float(focal.get("gamma", 2.0)), focal.get("alpha"))
     if name == "asl":
         asl = cfg.get("asl") or {}
-        return AsymmetricLoss(float(asl.get("gamma_neg", 4.0)), float(asl.get("gamma_pos", 1.0)), float(asl.get("clip", 0.05)))
+        return AsymmetricLoss(
+            float(asl.get("gamma_neg", 4.0)), float(asl.get("gamma_pos", 1.0)), float(asl.get("clip", 0.05))
+        )
     return nn.BCEWithLogitsLoss(pos_weight=pos_weight)

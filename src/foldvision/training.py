@@ -77,7 +77,9 @@ class EpochSeed(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._seed_all(self.seed * 1_000_003 + trainer.current_epoch)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         # batch_idx counts within the epoch and continues from the checkpoint's on a mid-epoch resume
         self._seed_all((self.seed * 1_000_003 + trainer.current_epoch) * 100_003 + batch_idx + 1)
 
@@ -205,7 +207,7 @@ def config_callbacks(cb_cfg: DictConfig) -> list[pl.Callback]:
             )
         try:
             cb = instantiate(entry)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (the callback's own error, named with its key)
             raise FoldvisionError(f"callbacks.{name}: cannot build {entry._target_}: {e}") from None
         if not isinstance(cb, pl.Callback):
             raise FoldvisionError(f"callbacks.{name}: {entry._target_} is not a Lightning Callback.")

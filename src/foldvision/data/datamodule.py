@@ -153,7 +153,12 @@ class EpochSampler(Sampler):
 
 
 def make_loader(
-    dataset: Dataset, batch_size: int, num_workers: int, sampler: Sampler | None = None, drop_last: bool = False, cls: type[DataLoader] = DataLoader
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    sampler: Sampler | None = None,
+    drop_last: bool = False,
+    cls: type[DataLoader] = DataLoader,
 ) -> DataLoader:
     return cls(
         dataset,
@@ -185,7 +190,9 @@ class FoldDataModule(pl.LightningDataModule):
         sampler = EpochSampler(len(self.train_set), self.seed, epoch, self.sampler, self.train_set.targets, rank, world)
         # drop_last only when it drops a small remainder: a batch of 1 breaks BatchNorm
         drop_last = len(sampler) % self.batch_size == 1
-        loader = make_loader(self.train_set, self.batch_size, self.num_workers, sampler=sampler, drop_last=drop_last, cls=ResumableLoader)
+        loader = make_loader(
+            self.train_set, self.batch_size, self.num_workers, sampler=sampler, drop_last=drop_last, cls=ResumableLoader
+        )
         loader.trainer = trainer  # resumable mid-epoch (trainer.checkpoint_every_minutes)
         return loader
 
