@@ -21,6 +21,7 @@ def _folder(root: Path, *extra: str):
     return compose_cfg("data=folder", f"data.root={root}", "task=multiclass", "cv.n_folds=3", "cv.folds=[0,1]", *extra)
 
 
+@pytest.mark.slow  # two folds x two epochs plus the sqlite store: ~33 s on 2 shared cores
 def test_mlflow_one_run_per_fold_under_the_cv_run(folder_data: Path, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
