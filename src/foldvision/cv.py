@@ -27,6 +27,7 @@ from foldvision.data.folds import load_or_make_folds, resolve_strategy
 from foldvision.data.sources import DataTable, read_table
 from foldvision.errors import FoldvisionError
 from foldvision.io import load_checkpoint, read_json, read_oof, write_csv, write_json
+from foldvision.loggers import finish_cv_logging
 from foldvision.tasks import Task, create_task
 
 log = logging.getLogger("foldvision")
@@ -413,5 +414,6 @@ def run_cv(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
     from foldvision.report.html import safe_report
 
     safe_report(run_dir)
+    finish_cv_logging(cfg.get("logger"), run_dir, summary)  # MLflow / W&B: the CV run gets the OOF scores
     print_summary(summary, run_dir)
     return float(summary["oof"][data.task.main_metric])

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from foldvision.errors import FoldvisionError
+from foldvision.losses import multiclass_loss, multilabel_loss
 
 
 def _sorted_classes(values: Sequence[str]) -> list[str]:
@@ -98,7 +99,7 @@ class MulticlassTask(Task):
         return ("accuracy", "f1_macro") + (("top5_accuracy",) if self.num_outputs > 5 else ())
 
     def loss_fn(self, train_targets: np.ndarray | None = None) -> nn.Module:
-        return nn.CrossEntropyLoss(weight=self.class_weights(train_targets), label_smoothing=float(self.cfg.get("label_smoothing") or 0.0))
+        return multiclass_loss(self.cfg, self.class_weights(train_targets))  # task.loss: ce | focal
 
     def class_weights(self, train_targets: np.ndarray | None) -> torch.Tensor | None:
         """task.class_weights: null | balanced (n / (k * count), sklearn's rule) | one weight per class."""
@@ -119,6 +120,8 @@ class MulticlassTask(Task):
         return w
 
     def soft_loss(self, logits, soft_targets, loss_fn):
+        if not isinstance(loss_fn, nn.CrossEntropyLoss):  # focal takes soft targets itself
+            return loss_fn(logits, soft_targets)
         weight = getattr(loss_fn, "weight", None)
         logp = logits.float().log_softmax(dim=-1)
         per_class = -(soft_targets * logp)
@@ -186,13 +189,7 @@ class MultilabelTask(Task):
         return out
 
     def loss_fn(self, train_targets: np.ndarray | None = None) -> nn.Module:
-        pw = self.cfg.get("pos_weight")
-        if pw is None:
-            return nn.BCEWithLogitsLoss()
-        weight = torch.as_tensor(list(pw) if not isinstance(pw, (int, float)) else [pw] * self.num_outputs, dtype=torch.float32)
-        if weight.numel() != self.num_outputs:
-            raise FoldvisionError(f"task.pos_weight has {weight.numel()} values for {self.num_outputs} labels.")
-        return nn.BCEWithLogitsLoss(pos_weight=weight)
+        return multilabel_loss(self.cfg, self.num_outputs, train_targets)  # task.loss: bce | focal | asl
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().sigmoid()

@@ -16,11 +16,13 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
+from foldvision.checkpointing import IntervalCheckpoint, RestoreLoaderState
 from foldvision.errors import FoldvisionError
 from foldvision.io import atomic_open, load_checkpoint
+from foldvision.loggers import FinishRuns, build_loggers
 
 # Keys of the trainer group that are foldvision's, not pl.Trainer's.
-FOLDVISION_TRAINER_KEYS = ("channels_last", "compile")
+FOLDVISION_TRAINER_KEYS = ("channels_last", "compile", "checkpoint_every_minutes")
 # The precisions Lightning's XLAPrecision accepts (no AMP "-mixed" on XLA).
 XLA_PRECISIONS = ("32-true", "16-true", "bf16-true")
 
@@ -53,20 +55,33 @@ class AtomicXLACheckpointIO(AtomicCheckpointIO, XLACheckpointIO):
 
 
 class EpochSeed(pl.Callback):
-    """Reseeds every RNG at the start of each training epoch from (seed, epoch).
+    """Reseeds every RNG at the start of each training epoch from (seed, epoch), and before every
+    training batch from (seed, epoch, batch index).
 
-    Shuffling, augmentation and dropout of epoch e then depend only on the seed and e, so a fold
-    resumed from last.ckpt after a crash continues exactly as an uninterrupted run would.
+    Shuffling and augmentation (EpochSampler) and dropout, CutMix/MixUp of batch b in epoch e then
+    depend only on the seed, e and b, so a fold resumed from last.ckpt after a crash, even one
+    written inside an epoch (trainer.checkpoint_every_minutes), continues exactly as an
+    uninterrupted run would.
     """
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        s = (self.seed * 1_000_003 + trainer.current_epoch) % (2**31)
+    @staticmethod
+    def _seed_all(s: int) -> None:
+        s %= 2**31
         random.seed(s)
         np.random.seed(s)
         torch.manual_seed(s)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._seed_all(self.seed * 1_000_003 + trainer.current_epoch)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # batch_idx counts within the epoch and continues from the checkpoint's on a mid-epoch resume
+        self._seed_all((self.seed * 1_000_003 + trainer.current_epoch) * 100_003 + batch_idx + 1)
 
 
 class _DropTips(logging.Filter):
@@ -171,13 +186,41 @@ def describe_device(trainer_cfg: DictConfig) -> str:
     return f"device: CPU x {devices} process(es), {torch.get_num_threads()} torch threads each, {extra}"
 
 
+# Keys of the callbacks group that foldvision builds itself; every other entry is a `_target_`.
+BUILTIN_CALLBACK_KEYS = ("progress_bar", "early_stopping", "checkpoint")
+
+
+def config_callbacks(cb_cfg: DictConfig) -> list[pl.Callback]:
+    """Every entry of the callbacks group other than the built-in keys, instantiated from its
+    `_target_` (any Lightning or user callback), e.g. `callbacks=swa` or
+    `+callbacks.lr._target_=lightning.pytorch.callbacks.LearningRateFinder`. false/null: off."""
+    from hydra.utils import instantiate
+
+    out = []
+    for name, entry in cb_cfg.items():
+        if name in BUILTIN_CALLBACK_KEYS or entry is None or entry is False:
+            continue
+        if not isinstance(entry, DictConfig) or "_target_" not in entry:
+            raise FoldvisionError(
+                f"callbacks.{name}={entry!r}: a callback entry needs a `_target_` (e.g. "
+                "lightning.pytorch.callbacks.StochasticWeightAveraging) and its arguments, or false to turn it off."
+            )
+        try:
+            cb = instantiate(entry)
+        except Exception as e:  # noqa: BLE001  (the callback's own error, named with its key)
+            raise FoldvisionError(f"callbacks.{name}: cannot build {entry._target_}: {e}") from None
+        if not isinstance(cb, pl.Callback):
+            raise FoldvisionError(f"callbacks.{name}: {entry._target_} is not a Lightning Callback.")
+        out.append(cb)
+    return out
+
+
 def build_trainer(cfg: DictConfig, fold_dir: Path, monitor: str, mode: str = "max", batches_per_epoch: int | None = None) -> pl.Trainer:
     """A Trainer writing best.ckpt (by `monitor`), last.ckpt and metrics.csv into `fold_dir`.
 
     `batches_per_epoch` caps trainer.log_every_n_steps so that small datasets still log their
     training loss every epoch (Lightning warns, and logs nothing, when an epoch is shorter)."""
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     quiet_lightning_logging()
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -194,18 +237,20 @@ def build_trainer(cfg: DictConfig, fold_dir: Path, monitor: str, mode: str = "ma
             save_last=bool(cb_cfg.checkpoint.save_last), save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False,
         ),
         EpochSeed(int(cfg.seed)),
+        RestoreLoaderState(),
         EpochLog(),
     ]
     es = cb_cfg.early_stopping
     if es.enabled:
         es_monitor = es.monitor or monitor
         callbacks.append(EarlyStopping(monitor=es_monitor, patience=int(es.patience), mode=es.mode or ("min" if "loss" in es_monitor else "max")))
-    loggers: list[Any] = []
-    if cfg.logger.csv:
-        loggers.append(CSVLogger(save_dir=str(fold_dir), name="", version=""))
-    if cfg.logger.tensorboard:
-        # one tree for all folds: tensorboard --logdir <run>/tensorboard compares them
-        loggers.append(TensorBoardLogger(save_dir=str(fold_dir.parent / "tensorboard"), name=fold_dir.name, version=""))
+    callbacks += config_callbacks(cb_cfg)
+    minutes = cfg.trainer.get("checkpoint_every_minutes")
+    if minutes is not None:  # last.ckpt inside epochs too (session limits); resumes mid-epoch exactly
+        callbacks.append(IntervalCheckpoint(fold_dir / "last.ckpt", minutes))
+    loggers = build_loggers(cfg.get("logger"), fold_dir)
+    if loggers:
+        callbacks.append(FinishRuns())
     if loggers and cfg.scheduler.get("name", "none") != "none":
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     if tcfg.get("enable_progress_bar", True):

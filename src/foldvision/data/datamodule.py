@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from foldvision.checkpointing import ResumableLoader
 from foldvision.data.boxes import crop
 from foldvision.data.images import ImageReadError, load_image
 
@@ -110,6 +111,12 @@ class EpochSampler(Sampler):
         else:
             self.total = n
         self.length = -(-self.total // world_size)  # this rank's share, padded up to equal shares
+        self._resume: tuple[int, int] | None = None
+
+    def resume_at(self, epoch: int, samples_done: int) -> None:
+        """The next iteration of `epoch` starts after its first `samples_done` samples (a mid-epoch
+        checkpoint was written there; see checkpointing.ResumableLoader). len() stays the epoch's."""
+        self._resume = (epoch, samples_done)
 
     def set_epoch(self, epoch: int) -> None:  # called by Lightning before each epoch
         self.epoch = epoch
@@ -138,11 +145,22 @@ class EpochSampler(Sampler):
         if self.world_size > 1:  # DDP: every rank draws the same epoch, takes its own slice
             pairs += pairs[: self.length * self.world_size - len(pairs)]
             pairs = pairs[self.rank :: self.world_size]
+        if self._resume is not None:  # consumed by the first iteration after a resume
+            (epoch, done), self._resume = self._resume, None
+            if epoch == self.epoch and 0 < done < len(pairs):
+                pairs = pairs[done:]
         return iter(pairs)
 
 
-def make_loader(dataset: Dataset, batch_size: int, num_workers: int, sampler: Sampler | None = None, drop_last: bool = False) -> DataLoader:
-    return DataLoader(
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    sampler: Sampler | None = None,
+    drop_last: bool = False,
+    cls: type[DataLoader] = DataLoader,
+) -> DataLoader:
+    return cls(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -172,7 +190,11 @@ class FoldDataModule(pl.LightningDataModule):
         sampler = EpochSampler(len(self.train_set), self.seed, epoch, self.sampler, self.train_set.targets, rank, world)
         # drop_last only when it drops a small remainder: a batch of 1 breaks BatchNorm
         drop_last = len(sampler) % self.batch_size == 1
-        return make_loader(self.train_set, self.batch_size, self.num_workers, sampler=sampler, drop_last=drop_last)
+        loader = make_loader(
+            self.train_set, self.batch_size, self.num_workers, sampler=sampler, drop_last=drop_last, cls=ResumableLoader
+        )
+        loader.trainer = trainer  # resumable mid-epoch (trainer.checkpoint_every_minutes)
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return make_loader(self.val_set, self.batch_size, self.num_workers)

@@ -87,7 +87,10 @@ class ClassifierModule(pl.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # EMA after each optimizer step, before the callbacks' batch-end hooks: a checkpoint written
+        # there (trainer.checkpoint_every_minutes) holds this step's EMA, so a mid-epoch resume is exact
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
 
