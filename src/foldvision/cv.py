@@ -26,7 +26,8 @@ from foldvision.config import global_rank, prepare_run_dir
 from foldvision.data.folds import load_or_make_folds, resolve_strategy
 from foldvision.data.sources import DataTable, read_table
 from foldvision.errors import FoldvisionError
-from foldvision.io import load_checkpoint, read_json, read_oof, write_csv, write_json
+from foldvision.io import load_checkpoint, write_csv, write_json
+from foldvision.runs import fold_results, print_summary, summarize
 from foldvision.tasks import Task, create_task
 
 log = logging.getLogger("foldvision")
@@ -281,67 +282,6 @@ def _memory_mb() -> dict[str, float]:
     except OSError:
         now = float("nan")
     return {"rss_mb": round(now, 1), "peak_rss_mb": round(peak, 1)}
-
-
-def fold_results(run_dir: Path) -> dict[int, dict[str, Any]]:
-    """Results of the finished folds in a run folder."""
-    out = {}
-    for p in sorted(run_dir.glob("fold_*/result.json")):
-        r = read_json(p)
-        out[int(r["fold"])] = r
-    return out
-
-
-def summarize(run_dir: Path, task: Task, n_folds: int, wall_seconds: float | None = None) -> dict[str, Any]:
-    """oof.csv from the finished folds' predictions and cv_summary.json with their scores."""
-    results = fold_results(run_dir)
-    if not results:
-        raise FoldvisionError(f"{run_dir}: no finished fold (fold_<k>/result.json) to summarise.")
-    oof = pd.concat([read_oof(run_dir / f"fold_{k}" / "oof.csv") for k in sorted(results)], ignore_index=True)
-    write_csv(run_dir / "oof.csv", oof)
-    oof_scores = task.score(oof[task.prob_columns()].to_numpy(), task.targets_from_columns(oof))
-    per_metric = {m: [r["scores"][m] for r in results.values()] for m in oof_scores}
-    summary = {
-        "task": task.name,
-        "main_metric": task.main_metric,
-        "classes": task.classes,
-        "n_folds": n_folds,
-        "folds_done": sorted(results),
-        "complete": len(results) == n_folds,
-        "oof": oof_scores,
-        "fold_mean": {m: float(np.mean(v)) for m, v in per_metric.items()},
-        "fold_std": {m: float(np.std(v)) for m, v in per_metric.items()},
-        "folds": [results[k] for k in sorted(results)],
-        "train_seconds": round(sum(r["train_seconds"] for r in results.values()), 1),
-    }
-    if wall_seconds is not None:
-        summary["wall_seconds"] = round(wall_seconds, 1)
-    write_json(run_dir / "cv_summary.json", summary)
-    return summary
-
-
-def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
-    """A rich table: one row per metric, one column per fold, then mean ± std and OOF."""
-    from rich.console import Console
-    from rich.table import Table
-
-    folds = summary["folds"]
-    # the title as its own line: rich wraps a title to the table's width
-    title = f"CV summary: {summary['task']}, {len(folds)}/{summary['n_folds']} folds, main metric {summary['main_metric']}"
-    table = Table()
-    table.add_column("metric")
-    for r in folds:
-        table.add_column(f"fold {r['fold']}", justify="right")
-    table.add_column("mean ± std", justify="right")
-    table.add_column("OOF", justify="right", style="bold green")
-    for m in summary["oof"]:
-        table.add_row(m, *[f"{r['scores'][m]:.4f}" for r in folds], f"{summary['fold_mean'][m]:.4f} ± {summary['fold_std'][m]:.4f}", f"{summary['oof'][m]:.4f}")
-    table.add_row("best epoch", *[str(r["best_epoch"]) for r in folds], "", "")
-    table.add_row("train s", *[f"{r['train_seconds']:.0f}" for r in folds], "", f"{summary['train_seconds']:.0f}")
-    console = Console(width=max(100, 24 + 12 * len(folds)))
-    console.print(f"[bold]{title}[/bold]")
-    console.print(table)
-    console.print(f"run folder: {run_dir}")
 
 
 def _check_disk_space(model: "torch.nn.Module", run_dir: Path, n_folds: int) -> None:  # noqa: F821
