@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from foldvision.config import load_run_config
+from foldvision.data.predict_dataset import MultiSizeDataset
 from foldvision.ensemble import combine, tune_thresholds
 from foldvision.errors import FoldvisionError
 from foldvision.io import load_checkpoint, read_json, read_oof, write_csv, write_json, write_npy
@@ -87,47 +88,6 @@ def load_fold_model(run: RunInfo, fold: int, device: torch.device, fuse: bool = 
 
         model = reparameterize_model(model)  # RepVGG & co: branches fused into one conv
     return model.to(device)
-
-
-class MultiSizeDataset(torch.utils.data.Dataset):
-    """Decodes each image once per distinct input size and returns it resized for every distinct
-    model input (h, w, c): every fold model and TTA view of a size shares one decode.
-
-    JPEGs decode at the reduced scale that covers the input size, as in training (load_image's
-    min_size), so each model sees exactly its training preprocessing; models of another size get
-    their own (cheaper, smaller) decode rather than a resize of a larger one. With crop boxes
-    (full-resolution pixels) each image is decoded once at full size and cropped.
-    """
-
-    def __init__(self, paths: list[str], keys: list[tuple[int, int, int]], boxes: np.ndarray | None = None, margin: float = 0.0) -> None:
-        from foldvision.data.transforms import eval_transform
-
-        self.paths = paths
-        self.boxes, self.margin = boxes, margin
-        self.keys = sorted(set(keys))
-        self.transforms = {k: eval_transform(k[:2]) for k in self.keys}
-        self.decodes = {k: (k[2], max(k[:2])) for k in self.keys}  # (channels, side) each key is decoded at
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        from foldvision.data.boxes import crop
-        from foldvision.data.images import load_image
-
-        box = self.boxes[i] if self.boxes is not None else None
-        if box is None:
-            decoded = {(c, side): load_image(self.paths[i], c, (side, side)) for c, side in set(self.decodes.values())}
-        else:
-            full = {c: crop(load_image(self.paths[i], c), box, self.margin) for c, _ in set(self.decodes.values())}
-            decoded = {d: full[d[0]] for d in set(self.decodes.values())}
-        out = {}
-        for key in self.keys:
-            img = self.transforms[key](image=decoded[self.decodes[key]])["image"]
-            if img.ndim == 2:
-                img = img[:, :, None]
-            out["x".join(map(str, key))] = torch.from_numpy(np.require(img, requirements=["C", "W"])).permute(2, 0, 1)
-        return out
 
 
 def _device(name: str) -> torch.device:
