@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import compose_cfg, multihot_overrides
 from foldvision.cv import run_cv
@@ -86,7 +87,7 @@ def test_runs_with_other_input_sizes_share_one_decode(multiclass_run: Path, fold
     run_cv(compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3", "data.image_size=24", "model.in_chans=1"), small)
     out = run_predict(_predict_cfg(f"runs=[{multiclass_run},{small}]", "tta=[dihedral]"))
     assert len(pd.read_csv(out)) == 4
-    from foldvision.predict import MultiSizeDataset
+    from foldvision.data.predict_dataset import MultiSizeDataset
 
     ds = MultiSizeDataset([str(folder_data / "test" / "t0.jpg")], [(32, 32, 3), (24, 24, 1)])
     item = ds[0]
@@ -135,8 +136,12 @@ def test_combine_methods() -> None:
     b = np.array([[0.5, 0.5], [0.4, 0.6]])
     np.testing.assert_allclose(combine([a, b]), (a + b) / 2, atol=1e-6)
     np.testing.assert_allclose(combine([a, b], [3, 1]), 0.75 * a + 0.25 * b, atol=1e-6)
-    g = combine([a, b], method="geometric", multiclass=True)
+    g = combine([a, b], method="geometric", task=create_task(OmegaConf.create({"name": "multiclass"}), ["a", "b"]))
     np.testing.assert_allclose(g.sum(1), 1, atol=1e-6)
+    np.testing.assert_allclose(g, np.sqrt(a * b) / np.sqrt(a * b).sum(1, keepdims=True), atol=1e-6)
+    # multi-label outputs are independent: no renormalisation
+    ml = create_task(OmegaConf.create({"name": "multilabel"}), ["a", "b"])
+    np.testing.assert_allclose(combine([a, b], method="geometric", task=ml), np.sqrt(a * b), atol=1e-6)
     r = combine([a, b], method="rank")
     assert r[0, 0] > r[1, 0] and r[1, 1] > r[0, 1]
 

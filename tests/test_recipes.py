@@ -26,7 +26,7 @@ def _folder(root: Path, *extra: str):
 def test_mixup_cutmix_multilabel_keeps_multi_hot() -> None:
     from omegaconf import OmegaConf
 
-    mixer = create_mixer(OmegaConf.create({"mixup": 0.0, "cutmix": 1.0}), "multilabel", 4)
+    mixer = create_mixer(OmegaConf.create({"mixup": 0.0, "cutmix": 1.0}), True, 4)
     np.random.seed(0)
     y = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 0]], dtype=torch.float32)
     x, soft = mixer(torch.rand(2, 3, 8, 8), y.clone())
@@ -34,7 +34,7 @@ def test_mixup_cutmix_multilabel_keeps_multi_hot() -> None:
     assert soft.shape == (2, 4) and torch.all((soft >= 0) & (soft <= 1))
     lam = soft[0, 0].item()
     assert torch.allclose(soft[0], y[0] * lam + y[1] * (1 - lam))
-    mc = create_mixer(OmegaConf.create({"mixup": 1.0, "cutmix": 0.0}), "multiclass", 3, label_smoothing=0.1)
+    mc = create_mixer(OmegaConf.create({"mixup": 1.0, "cutmix": 0.0}), False, 3, label_smoothing=0.1)
     _, soft = mc(torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 0]))
     assert soft.shape == (4, 3) and torch.allclose(soft.sum(1), torch.ones(4))
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import compose_cfg, multihot_overrides
-from foldvision.cv import load_cv_data
+from foldvision.data.cv_data import load_cv_data
 from foldvision.data.sources import read_table, read_test_table
 from foldvision.errors import FoldvisionError
 

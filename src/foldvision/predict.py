@@ -23,9 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from foldvision.config import load_run_config
 from foldvision.data.predict_dataset import MultiSizeDataset
-from foldvision.ensemble import combine, tune_thresholds
+from foldvision.ensemble import combine, resolve_thresholds
 from foldvision.errors import FoldvisionError
-from foldvision.io import load_checkpoint, read_json, read_oof, write_csv, write_json, write_npy
+from foldvision.io import load_checkpoint, read_json, read_oof, write_csv, write_json
+from foldvision.submission import align_to_sample, format_submission, write_probabilities
 from foldvision.tasks import Task, create_task
 
 log = logging.getLogger("foldvision")
@@ -134,27 +135,6 @@ def _oof(run: RunInfo) -> pd.DataFrame:
     return read_oof(path)
 
 
-def _thresholds(cfg: DictConfig, task: Task, oof_probs: np.ndarray | None, oof_targets: np.ndarray | None) -> np.ndarray | None:
-    if task.name != "multilabel":
-        return None
-    t = cfg.get("threshold")
-    n = task.num_outputs
-    if t is None:
-        return np.full(n, task.threshold, dtype=np.float32)
-    if isinstance(t, str):
-        if t != "oof":
-            raise FoldvisionError(f"threshold={t!r}: give a number, a list per label, or oof.")
-        if oof_probs is None:
-            raise FoldvisionError("threshold=oof needs the runs' oof.csv files.")
-        return tune_thresholds(task, oof_probs, oof_targets, per_label=bool(cfg.threshold_per_label))
-    values = np.asarray(OmegaConf.to_container(t) if OmegaConf.is_config(t) else t, dtype=np.float32).reshape(-1)
-    if values.size == 1:
-        return np.full(n, float(values[0]), dtype=np.float32)
-    if values.size != n:
-        raise FoldvisionError(f"threshold has {values.size} values for {n} labels.")
-    return values
-
-
 def oof_ensemble(cfg: DictConfig, runs: list[RunInfo], weights: list[float]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """The ensemble applied to the runs' OOF predictions (rows every run has): its probabilities,
     the targets, and each member run's probabilities."""
@@ -168,82 +148,8 @@ def oof_ensemble(cfg: DictConfig, runs: list[RunInfo], weights: list[float]) -> 
     oofs = [o.loc[common] for o in oofs]
     targets = task.targets_from_columns(oofs[0])
     members = {str(r.path): o[task.prob_columns()].to_numpy(dtype=np.float32) for r, o in zip(runs, oofs)}
-    probs = combine(list(members.values()), weights, cfg.average, multiclass=task.name == "multiclass")
+    probs = combine(list(members.values()), weights, cfg.average, task)
     return probs, targets, members
-
-
-CONFIDENCE_COLUMNS = ("conf", "confidence", "score", "prob", "probability")
-
-
-def format_submission(task: Task, ids: list[str], probs: np.ndarray, thresholds: np.ndarray | None, fmt: str, sample: pd.DataFrame | None, id_col: str) -> pd.DataFrame:
-    """The submission table: in `sample`'s ids, order and columns when given."""
-    asked = fmt
-    if sample is not None:
-        id_col = sample.columns[0]
-        if sample[id_col].tolist() != list(ids):
-            raise ValueError("format_submission: rows must come in the sample's order (align_to_sample)")
-        value_cols = list(sample.columns[1:])
-        if set(value_cols) == set(task.classes) and len(value_cols) == len(task.classes):
-            # one column per class: probabilities (multiclass, or multilabel scored by AUC), else 0/1
-            fmt = "probs" if task.name == "multiclass" or fmt == "probs" else "columns"
-        elif task.name == "multiclass" and len(value_cols) == 2 and value_cols[1].lower() in CONFIDENCE_COLUMNS:
-            fmt = "label_conf"  # Dacon landmarks: landmark_id,conf
-        elif len(value_cols) == 1:
-            fmt = "labels" if task.name == "multilabel" else ("label" if fmt in ("auto", "probs") else fmt)
-        else:
-            unknown = sorted(set(value_cols) - set(task.classes))
-            raise FoldvisionError(
-                f"sample_submission columns {value_cols[:8]} fit neither one label column nor one column per class "
-                f"(not classes: {unknown[:5]}; classes are {task.classes[:8]})."
-            )
-        if asked == "probs" and fmt != "probs":
-            raise FoldvisionError(
-                f"submission_format=probs, but the sample submission's columns {value_cols[:8]} ask for labels ({fmt}); "
-                "probabilities (or average=rank scores) need one column per class. Use another submission_format "
-                "with average=mean|geometric, or sample_submission=false."
-            )
-    else:
-        value_cols = None
-    if fmt == "auto":
-        fmt = "columns" if task.name == "multilabel" else "label"
-    out = pd.DataFrame({id_col: ids})
-    if task.name == "multiclass":
-        if fmt == "probs":
-            cols = value_cols or task.classes
-            idx = [task.classes.index(c) for c in cols]
-            for c, j in zip(cols, idx):
-                out[c] = probs[:, j]
-        elif fmt in ("label", "index", "label_conf"):
-            col = value_cols[0] if value_cols else "label"
-            out[col] = probs.argmax(1) if fmt == "index" else task.decode(probs)
-            if fmt == "label_conf":
-                out[value_cols[1] if value_cols else "conf"] = probs.max(1)
-        else:
-            raise FoldvisionError(f"submission_format={fmt!r}: multiclass takes label | index | label_conf | probs.")
-    else:
-        binary = task.decode(probs, thresholds)
-        if fmt == "probs":  # scores per label, for AUC-type metrics
-            for c in value_cols or task.classes:
-                out[c] = probs[:, task.classes.index(c)]
-        elif fmt == "columns":
-            cols = value_cols or task.classes
-            for c in cols:
-                out[c] = binary[:, task.classes.index(c)]
-        elif fmt == "labels":
-            col = value_cols[0] if value_cols else "labels"
-            out[col] = [" ".join(task.classes[j] for j in np.flatnonzero(r)) for r in binary]
-        else:
-            raise FoldvisionError(f"submission_format={fmt!r}: multilabel takes columns | labels | probs.")
-    return out
-
-
-def align_to_sample(ids: list[str], arrays: list[np.ndarray], sample: pd.DataFrame | None) -> tuple[list[str], list[np.ndarray]]:
-    """Rows reordered to the sample submission's ids, so that the submission, probs.npy and
-    probs.csv share one order."""
-    if sample is None:
-        return ids, arrays
-    order = pd.Series(range(len(ids)), index=ids).loc[sample.iloc[:, 0]].to_numpy()
-    return [ids[i] for i in order], [a[order] for a in arrays]
 
 
 def _check_options(cfg: DictConfig, n_runs: int) -> tuple[list[float], list[int] | None]:
@@ -290,7 +196,7 @@ def run_predict(cfg: DictConfig) -> Path:
             raise
         log.warning("no OOF ensemble check: %s", e)
         oof_probs = oof_targets = None
-    thresholds = _thresholds(cfg, task, oof_probs, oof_targets)
+    thresholds = resolve_thresholds(cfg.get("threshold"), bool(cfg.threshold_per_label), task, oof_probs, oof_targets)
     report: dict[str, Any] = {}
     if oof_probs is not None:  # members at the ensemble's thresholds: a like-for-like comparison
         report = {
@@ -331,17 +237,14 @@ def run_predict(cfg: DictConfig) -> Path:
     )
     # fold models of a run share the run's weight; members are combined in one step
     member_weights = [weights[runs.index(r)] / len(r.checkpoints) for r, _ in members]
-    probs = combine(member_probs, member_weights, cfg.average, multiclass=task.name == "multiclass")
+    probs = combine(member_probs, member_weights, cfg.average, task)
 
     out = Path(cfg.out).absolute() if cfg.get("out") else runs[0].path / "predictions" / "submission.csv"
     pred_dir = out.parent
     ids, (probs, *member_probs) = align_to_sample(test["id"].tolist(), [probs, *member_probs], sample)
     id_col = str(data_cfg.get("id_col") or "id")
     submission = format_submission(task, ids, probs, thresholds, cfg.submission_format, sample, id_col)
-    write_npy(pred_dir / "probs.npy", probs)
-    write_csv(pred_dir / "probs.csv", pd.concat([pd.DataFrame({"id": ids}), pd.DataFrame(probs, columns=task.prob_columns())], axis=1))
-    if thresholds is not None:
-        write_json(pred_dir / "thresholds.json", {"labels": task.classes, "thresholds": thresholds})
+    write_probabilities(pred_dir, task, ids, probs, thresholds)
     answers = _answers(cfg, runs[0], task, ids)
     if answers is not None:  # held-out labels: score the ensemble and each fold model on them
         report["test"] = {

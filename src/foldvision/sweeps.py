@@ -33,7 +33,11 @@ def sweep_jobs(sweep_dir: Path) -> list[Path]:
     """Hydra's job folders (they hold .hydra/overrides.yaml); not the merged/ folders an earlier
     summary of this sweep wrote, when the sweep is run again to resume it."""
     return sorted(
-        (p for p in sweep_dir.iterdir() if (p / "config.yaml").is_file() and (p / ".hydra" / "overrides.yaml").is_file()),
+        (
+            p
+            for p in sweep_dir.iterdir()
+            if (p / "config.yaml").is_file() and (p / ".hydra" / "overrides.yaml").is_file()
+        ),
         key=lambda p: p.name,
     )
 

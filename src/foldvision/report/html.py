@@ -51,10 +51,7 @@ def build_run_report(run_dir: str | Path) -> Path:
     figs: list[tuple[Path | None, str]] = [(plots.plot_fold_curves(run_dir, task.main_metric, report / "curves.png"), "Training curves per fold")]
     if oof is not None and classes:
         figs.append((plots.plot_class_distribution(oof, task, report / "class_distribution.png"), "Class distribution per fold"))
-        if task.name == "multiclass":
-            figs.append((plots.plot_confusion(oof, task, report / "confusion_matrix.png"), "OOF confusion matrix"))
-        else:
-            figs.append((plots.plot_per_label(oof, task, report / "per_label.png"), "OOF per-label accuracy and F1"))
+        figs.append(plots.plot_oof_diagnostic(oof, task, report))
         channels = int(cfg.model.get("in_chans", 3))
         figs.append((plots.plot_worst_mistakes(oof, task, report / "worst_mistakes.png", channels), "Worst OOF mistakes"))
     figs += [(report / "lr_schedule.png", "Learning-rate schedule"), (report / "augmentations.png", "Augmented training samples")]
