@@ -73,14 +73,6 @@ def test_multilabel_sample_submission_and_oof_thresholds(multilabel_run: Path, m
     assert list(pd.read_csv(out2).columns) == ["index", "labels"]
 
 
-def test_multi_run_ensemble_and_report(multiclass_run: Path, folder_data: Path, tmp_path: Path) -> None:
-    other = tmp_path / "mc_run2"
-    run_cv(compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3", "optimizer=sgd"), other)
-    run_predict(_predict_cfg(f"runs=[{multiclass_run},{other}]", "weights=[2,1]", "average=geometric"))
-    report = json.loads((multiclass_run / "predictions" / "ensemble.json").read_text())
-    assert len(report["members"]) == 2 and report["weights"] == [2, 1]
-
-
 def test_runs_with_other_input_sizes_share_one_decode(multiclass_run: Path, folder_data: Path, tmp_path: Path) -> None:
     """A 24 px grayscale run and a 32 px RGB run ensembled: each model gets its own resize."""
     small = tmp_path / "small"
@@ -217,3 +209,41 @@ def test_nan_probabilities_read_back_as_nan(tmp_path: Path) -> None:
     oof = read_oof(tmp_path / "oof.csv")
     assert oof["id"].tolist() == ["007", "8"] and oof["target"].tolist() == ["None", "x"]
     assert np.isnan(oof["prob_a"].iloc[0]) and oof["prob_a"].dtype == np.float64
+
+
+class _LeftRight(torch.nn.Module):
+    """Logits that depend on orientation: (mean of the left half, mean of the top half)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, h = x.shape[-1] // 2, x.shape[-2] // 2
+        return torch.stack([x[..., :w].float().mean((1, 2, 3)), x[..., :h, :].float().mean((1, 2, 3))], 1) * 4
+
+
+def test_tta_views_are_applied() -> None:
+    """hflip TTA gives exactly the average of the model on the image and on its mirror image; vflip
+    that of the upside-down image; views that change nothing would leave the plain prediction."""
+    from foldvision.inference import predict_batches
+
+    x = torch.rand(6, 3, 8, 8)
+    model, act = _LeftRight(), lambda z: z.float().softmax(-1)
+    (plain,) = predict_batches([model], [x], act)
+    for view, flipped in (("hflip", x.flip(-1)), ("vflip", x.flip(-2))):
+        (tta,) = predict_batches([model], [x], act, views=["none", view])
+        want = (act(model(x)) + act(model(flipped))).numpy() / 2
+        np.testing.assert_allclose(tta, want, atol=1e-6)
+        assert np.abs(tta - plain).max() > 1e-3  # the view mattered
+
+
+def test_multi_run_ensemble_is_weighted_mean_of_members(multiclass_run: Path, folder_data: Path, tmp_path: Path) -> None:
+    """weights=[2,1] average=mean: the submission's probabilities are (2 p1 + p2) / 3 of each run's own."""
+    other = tmp_path / "mc_run2"
+    run_cv(compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3", "optimizer=sgd"), other)
+    own = []
+    for i, run in enumerate((multiclass_run, other)):
+        run_predict(_predict_cfg(f"runs=[{run}]", f"out={tmp_path}/own{i}/s.csv"))
+        own.append(np.load(tmp_path / f"own{i}" / "probs.npy"))
+    assert np.abs(own[0] - own[1]).max() > 1e-4  # two different members
+    run_predict(_predict_cfg(f"runs=[{multiclass_run},{other}]", "weights=[2,1]", f"out={tmp_path}/ens/s.csv"))
+    np.testing.assert_allclose(np.load(tmp_path / "ens" / "probs.npy"), (2 * own[0] + own[1]) / 3, atol=1e-6)
+    report = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
+    assert len(report["members"]) == 2 and report["weights"] == [2, 1]
