@@ -20,7 +20,7 @@ from foldvision.data.cache import build_cache
 from foldvision.data.datamodule import ImageDataset
 from foldvision.data.folds import load_or_make_folds, resolve_strategy
 from foldvision.data.images import ImageReadError, load_image
-from foldvision.data.sources import DataTable, read_table, table_boxes
+from foldvision.data.sources import DataTable, data_path, read_table, table_boxes
 from foldvision.data.transforms import eval_transform, train_transform
 from foldvision.errors import FoldvisionError
 from foldvision.io import write_csv
@@ -55,7 +55,7 @@ class CVData:
         margin = bbox_margin(cfg.data)
         cache_file = None
         if cfg.data.get("cache"):
-            cache_dir = cfg.data.get("cache_dir") or Path(cfg.data.root) / "cache"
+            cache_dir = data_path(cfg.data, cfg.data.get("cache_dir") or "cache")
             cache_file = str(
                 build_cache(self.paths, size, channels, cache_dir, max(2, int(cfg.data.num_workers)), boxes, margin)
             )

@@ -65,6 +65,13 @@ def _resolve_dir(root: Path, sub: str | None) -> Path:
     return p if p.is_absolute() else root / p
 
 
+def data_path(cfg: DictConfig, value: str | os.PathLike | None) -> Path:
+    """The one path rule for `data.*` keys: relative to `data.root` (itself relative to the working
+    folder), absolute paths as they are. Every path outside `data.*` (cv.dir, predict.py's options)
+    is relative to the working folder."""
+    return _resolve_dir(Path(cfg.root), None if value is None else str(value))
+
+
 def _read_csv(path: Path, what: str, **kwargs) -> pd.DataFrame:
     if not path.is_file():
         raise FoldvisionError(f"{what} not found: {path}. Check data.root and the file name.")
