@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from foldvision.config import load_run_config
+from foldvision.data.boxes import bbox_margin
 from foldvision.data.predict_dataset import MultiSizeDataset
 from foldvision.ensemble import combine, resolve_thresholds
 from foldvision.errors import FoldvisionError
@@ -221,7 +222,7 @@ def run_predict(cfg: DictConfig) -> Path:
         )
     if data_cfg.get("bbox") and data_cfg.bbox.get("columns") and table_boxes(test) is None:
         log.warning("the runs trained on crops from data.bbox.columns, but the test CSV has no such columns: predicting whole images")
-    margin = float(data_cfg.bbox.margin) if data_cfg.get("bbox") else 0.0
+    margin = bbox_margin(data_cfg)
     loader = make_loader(
         MultiSizeDataset(test["path"].tolist(), keys, table_boxes(test), margin),
         int(cfg.batch_size or data_cfg.batch_size),
