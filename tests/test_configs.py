@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -11,6 +12,7 @@ from hydra.utils import instantiate
 from conftest import CONF, compose_cfg
 from foldvision.models.backbone import create_classifier
 from foldvision.models.optim import create_scheduler
+from foldvision.report.plots import lr_schedule
 from foldvision.tasks import create_task
 
 
@@ -33,10 +35,32 @@ def test_optimizers(name: str) -> None:
 
 @pytest.mark.parametrize("name", _options("scheduler"))
 def test_schedulers(name: str) -> None:
-    cfg = compose_cfg(f"scheduler={name}")
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
-    sched = create_scheduler(cfg.scheduler, opt, steps_per_epoch=4, max_epochs=3)
+    """Every scheduler config gives, step by step, the learning rate its formula promises (stepped
+    as training steps it: per batch or per epoch; plateau with a metric that never improves)."""
+    cfg = compose_cfg(f"scheduler={name}", "scheduler.warmup_epochs=1" if name in ("cosine", "warmup_exp") else "seed=42")
+    lr, spe, epochs = 1e-3, 4, 12
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=lr)
+    sched = create_scheduler(cfg.scheduler, opt, steps_per_epoch=spe, max_epochs=epochs)
     assert (sched is None) == (name == "none")
+    got = lr_schedule(cfg.scheduler, lr, spe, epochs)
+    s = cfg.scheduler
+    steps = np.arange(spe * epochs)
+    epoch = steps // spe
+    if name == "none":
+        want = np.full(len(steps), lr)
+    elif name == "cosine":  # linear warmup over one epoch of steps, then cosine to min_lr
+        t = np.clip((steps - spe) / (spe * epochs - spe), 0, 1)
+        want = np.where(steps < spe, lr * (steps + 1) / spe, s.min_lr + (lr - s.min_lr) * 0.5 * (1 + np.cos(np.pi * t)))
+    elif name == "step":
+        want = lr * s.gamma ** (epoch // s.step_size)
+    elif name == "plateau":  # the first epoch sets the best; each patience + 1 flat epochs cut the lr
+        want = np.maximum(lr * s.factor ** np.maximum(0, (epoch - 1) // (s.patience + 1)), s.min_lr)
+    else:  # warmup_exp: start -> max over warmup_epochs, then (max - min) * decay^(epoch - warmup) + min
+        w = s.warmup_epochs
+        want = np.where(
+            epoch < w, s.start_lr + (s.max_lr - s.start_lr) * epoch / w, (s.max_lr - s.min_lr) * s.decay ** (epoch - w) + s.min_lr
+        )
+    np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_warmup_exp_schedule_matches_recipe() -> None:

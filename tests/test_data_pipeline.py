@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from conftest import compose_cfg, save_image
-from foldvision.cv import load_cv_data, run_cv
+from foldvision.cv import run_cv
 from foldvision.data.boxes import crop, read_voc_box
 from foldvision.data.cache import build_cache
+from foldvision.data.cv_data import load_cv_data
 from foldvision.errors import FoldvisionError
 from foldvision.predict import run_predict
 

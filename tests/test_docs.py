@@ -81,6 +81,5 @@ def test_doc_command_composes(doc: str, tokens: list[str]) -> None:
         from foldvision.data.folds import resolve_strategy
         from foldvision.tasks import create_task
 
-        create_task(cfg.task)
-        resolve_strategy(cfg.cv.strategy, cfg.task.name)
+        resolve_strategy(cfg.cv.strategy, create_task(cfg.task).fold_strategy)
         assert cfg.scheduler.name in ("none", "cosine", "step", "plateau", "warmup_exp")

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import compose_cfg, multihot_overrides
-from foldvision.cv import load_cv_data
+from foldvision.data.cv_data import load_cv_data
 from foldvision.data.folds import load_or_make_folds, make_folds
 from foldvision.errors import FoldvisionError
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import compose_cfg, multihot_overrides
 from foldvision.cv import run_cv
@@ -72,21 +73,13 @@ def test_multilabel_sample_submission_and_oof_thresholds(multilabel_run: Path, m
     assert list(pd.read_csv(out2).columns) == ["index", "labels"]
 
 
-def test_multi_run_ensemble_and_report(multiclass_run: Path, folder_data: Path, tmp_path: Path) -> None:
-    other = tmp_path / "mc_run2"
-    run_cv(compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3", "optimizer=sgd"), other)
-    run_predict(_predict_cfg(f"runs=[{multiclass_run},{other}]", "weights=[2,1]", "average=geometric"))
-    report = json.loads((multiclass_run / "predictions" / "ensemble.json").read_text())
-    assert len(report["members"]) == 2 and report["weights"] == [2, 1]
-
-
 def test_runs_with_other_input_sizes_share_one_decode(multiclass_run: Path, folder_data: Path, tmp_path: Path) -> None:
     """A 24 px grayscale run and a 32 px RGB run ensembled: each model gets its own resize."""
     small = tmp_path / "small"
     run_cv(compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3", "data.image_size=24", "model.in_chans=1"), small)
     out = run_predict(_predict_cfg(f"runs=[{multiclass_run},{small}]", "tta=[dihedral]"))
     assert len(pd.read_csv(out)) == 4
-    from foldvision.predict import MultiSizeDataset
+    from foldvision.data.predict_dataset import MultiSizeDataset
 
     ds = MultiSizeDataset([str(folder_data / "test" / "t0.jpg")], [(32, 32, 3), (24, 24, 1)])
     item = ds[0]
@@ -135,8 +128,12 @@ def test_combine_methods() -> None:
     b = np.array([[0.5, 0.5], [0.4, 0.6]])
     np.testing.assert_allclose(combine([a, b]), (a + b) / 2, atol=1e-6)
     np.testing.assert_allclose(combine([a, b], [3, 1]), 0.75 * a + 0.25 * b, atol=1e-6)
-    g = combine([a, b], method="geometric", multiclass=True)
+    g = combine([a, b], method="geometric", task=create_task(OmegaConf.create({"name": "multiclass"}), ["a", "b"]))
     np.testing.assert_allclose(g.sum(1), 1, atol=1e-6)
+    np.testing.assert_allclose(g, np.sqrt(a * b) / np.sqrt(a * b).sum(1, keepdims=True), atol=1e-6)
+    # multi-label outputs are independent: no renormalisation
+    ml = create_task(OmegaConf.create({"name": "multilabel"}), ["a", "b"])
+    np.testing.assert_allclose(combine([a, b], method="geometric", task=ml), np.sqrt(a * b), atol=1e-6)
     r = combine([a, b], method="rank")
     assert r[0, 0] > r[1, 0] and r[1, 1] > r[0, 1]
 
@@ -212,3 +209,41 @@ def test_nan_probabilities_read_back_as_nan(tmp_path: Path) -> None:
     oof = read_oof(tmp_path / "oof.csv")
     assert oof["id"].tolist() == ["007", "8"] and oof["target"].tolist() == ["None", "x"]
     assert np.isnan(oof["prob_a"].iloc[0]) and oof["prob_a"].dtype == np.float64
+
+
+class _LeftRight(torch.nn.Module):
+    """Logits that depend on orientation: (mean of the left half, mean of the top half)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, h = x.shape[-1] // 2, x.shape[-2] // 2
+        return torch.stack([x[..., :w].float().mean((1, 2, 3)), x[..., :h, :].float().mean((1, 2, 3))], 1) * 4
+
+
+def test_tta_views_are_applied() -> None:
+    """hflip TTA gives exactly the average of the model on the image and on its mirror image; vflip
+    that of the upside-down image; views that change nothing would leave the plain prediction."""
+    from foldvision.inference import predict_batches
+
+    x = torch.rand(6, 3, 8, 8)
+    model, act = _LeftRight(), lambda z: z.float().softmax(-1)
+    (plain,) = predict_batches([model], [x], act)
+    for view, flipped in (("hflip", x.flip(-1)), ("vflip", x.flip(-2))):
+        (tta,) = predict_batches([model], [x], act, views=["none", view])
+        want = (act(model(x)) + act(model(flipped))).numpy() / 2
+        np.testing.assert_allclose(tta, want, atol=1e-6)
+        assert np.abs(tta - plain).max() > 1e-3  # the view mattered
+
+
+def test_multi_run_ensemble_is_weighted_mean_of_members(multiclass_run: Path, folder_data: Path, tmp_path: Path) -> None:
+    """weights=[2,1] average=mean: the submission's probabilities are (2 p1 + p2) / 3 of each run's own."""
+    other = tmp_path / "mc_run2"
+    run_cv(compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3", "optimizer=sgd"), other)
+    own = []
+    for i, run in enumerate((multiclass_run, other)):
+        run_predict(_predict_cfg(f"runs=[{run}]", f"out={tmp_path}/own{i}/s.csv"))
+        own.append(np.load(tmp_path / f"own{i}" / "probs.npy"))
+    assert np.abs(own[0] - own[1]).max() > 1e-4  # two different members
+    run_predict(_predict_cfg(f"runs=[{multiclass_run},{other}]", "weights=[2,1]", f"out={tmp_path}/ens/s.csv"))
+    np.testing.assert_allclose(np.load(tmp_path / "ens" / "probs.npy"), (2 * own[0] + own[1]) / 3, atol=1e-6)
+    report = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
+    assert len(report["members"]) == 2 and report["weights"] == [2, 1]

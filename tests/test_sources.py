@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import compose_cfg, multihot_overrides
-from foldvision.cv import load_cv_data
+from foldvision.data.cv_data import load_cv_data
 from foldvision.data.sources import read_table, read_test_table
 from foldvision.errors import FoldvisionError
 
@@ -134,3 +134,15 @@ def test_missing_test_image_does_not_stop_training(csv_data: Path) -> None:
     assert len(load_cv_data(cfg).table.train) == 24
     with pytest.raises(FoldvisionError, match=r"x3.*test_image_dir"):
         read_test_table(cfg.data)
+
+
+def test_one_path_rule_for_data_keys(tmp_path: Path) -> None:
+    """data.* paths (data.cache_dir included) are relative to data.root; absolute ones are kept."""
+    from omegaconf import OmegaConf
+
+    from foldvision.data.sources import data_path
+
+    cfg = OmegaConf.create({"root": str(tmp_path / "data")})
+    assert data_path(cfg, "cache") == tmp_path / "data" / "cache"
+    assert data_path(cfg, tmp_path / "elsewhere") == tmp_path / "elsewhere"
+    assert data_path(cfg, None) == tmp_path / "data"

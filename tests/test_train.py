@@ -104,7 +104,7 @@ def test_task_head_must_fit_the_labels(folder_data: Path, csv_data: Path, tmp_pa
     task=multilabel get a warning naming task=multiclass."""
     with pytest.raises(FoldvisionError, match="task=multiclass"):
         run_cv(compose_cfg("data=folder", f"data.root={folder_data}", "task=multilabel"), tmp_path / "a")
-    from foldvision.cv import load_cv_data
+    from foldvision.data.cv_data import load_cv_data
 
     with caplog.at_level("WARNING", logger="foldvision"):
         load_cv_data(compose_cfg("data=csv", f"data.root={csv_data}", "task=multilabel", "cv.n_folds=3"))

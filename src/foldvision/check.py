@@ -78,12 +78,12 @@ def run_check(cfg: DictConfig, workers: int = 4) -> list[str]:
     try:
         task = create_task(cfg.task)
         targets = task.encode(table.labels, sep=cfg.data.get("label_sep") or " ")
-        from foldvision.cv import check_task_fits_data
+        from foldvision.data.cv_data import check_task_fits_data
 
         check_task_fits_data(cfg, targets)
         counts = np.bincount(targets, minlength=task.num_outputs) if targets.ndim == 1 else targets.sum(0).astype(int)
         shown = ", ".join(f"{c}: {int(n)}" for c, n in list(zip(task.classes, counts))[:30])
-        ok(f"task={task.name}: {task.num_outputs} {'classes' if task.name == 'multiclass' else 'labels'} ({shown}{' ...' if task.num_outputs > 30 else ''})")
+        ok(f"task={task.name}: {task.num_outputs} {task.output_noun} ({shown}{' ...' if task.num_outputs > 30 else ''})")
     except FoldvisionError as e:
         bad(str(e))
         return problems
@@ -113,7 +113,7 @@ def run_check(cfg: DictConfig, workers: int = 4) -> list[str]:
     if not test_paths and test_error is None:
         con.print("[yellow]note[/yellow] no test images configured: predict.py will need test_csv=/test_image_dir=")
 
-    strategy = resolve_strategy(cfg.cv.strategy, task.name)
+    strategy = resolve_strategy(cfg.cv.strategy, task.fold_strategy)
     groups = table.train["group"].to_numpy() if "group" in table.train else None
     path = fold_file_path(cfg.cv.dir, strategy, int(cfg.cv.n_folds), int(cfg.cv.seed))
     try:

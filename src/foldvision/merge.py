@@ -7,9 +7,10 @@ import shutil
 from pathlib import Path
 
 from foldvision.config import config_differences, load_run_config, save_run_config
-from foldvision.cv import fold_results, print_summary, summarize
 from foldvision.errors import FoldvisionError
 from foldvision.io import read_json, write_json
+from foldvision.report.html import safe_report
+from foldvision.runs import fold_results, print_summary, summarize
 from foldvision.tasks import create_task
 
 # keys that may differ between the jobs of one fold-parallel CV
@@ -48,8 +49,6 @@ def merge_runs(runs: list[Path], out: Path) -> dict:
         write_json(out / name, read_json(runs[0] / name))
     classes = read_json(runs[0] / "classes.json")["classes"]
     summary = summarize(out, create_task(cfg.task, classes), int(cfg.cv.n_folds))
-    from foldvision.report.html import safe_report
-
     safe_report(out)
     print_summary(summary, out)
     return summary

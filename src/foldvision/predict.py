@@ -23,9 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from foldvision.bundle import bundled_runs
 from foldvision.config import load_run_config
-from foldvision.ensemble import combine, tune_thresholds
+from foldvision.data.boxes import bbox_margin
+from foldvision.data.predict_dataset import MultiSizeDataset
+from foldvision.ensemble import combine, resolve_thresholds
 from foldvision.errors import FoldvisionError
-from foldvision.io import file_sha256, load_checkpoint, read_json, read_oof, write_csv, write_json, write_npy
+from foldvision.io import file_sha256, load_checkpoint, read_json, read_oof, write_csv, write_json
+from foldvision.submission import align_to_sample, format_submission, write_probabilities
 from foldvision.tasks import Task, create_task
 
 log = logging.getLogger("foldvision")
@@ -127,47 +130,6 @@ def expand_runs(paths: list[Path], checkpoint: str) -> list[tuple[Path, str, lis
     return out
 
 
-class MultiSizeDataset(torch.utils.data.Dataset):
-    """Decodes each image once per distinct input size and returns it resized for every distinct
-    model input (h, w, c): every fold model and TTA view of a size shares one decode.
-
-    JPEGs decode at the reduced scale that covers the input size, as in training (load_image's
-    min_size), so each model sees exactly its training preprocessing; models of another size get
-    their own (cheaper, smaller) decode rather than a resize of a larger one. With crop boxes
-    (full-resolution pixels) each image is decoded once at full size and cropped.
-    """
-
-    def __init__(self, paths: list[str], keys: list[tuple[int, int, int]], boxes: np.ndarray | None = None, margin: float = 0.0) -> None:
-        from foldvision.data.transforms import eval_transform
-
-        self.paths = paths
-        self.boxes, self.margin = boxes, margin
-        self.keys = sorted(set(keys))
-        self.transforms = {k: eval_transform(k[:2]) for k in self.keys}
-        self.decodes = {k: (k[2], max(k[:2])) for k in self.keys}  # (channels, side) each key is decoded at
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        from foldvision.data.boxes import crop
-        from foldvision.data.images import load_image
-
-        box = self.boxes[i] if self.boxes is not None else None
-        if box is None:
-            decoded = {(c, side): load_image(self.paths[i], c, (side, side)) for c, side in set(self.decodes.values())}
-        else:
-            full = {c: crop(load_image(self.paths[i], c), box, self.margin) for c, _ in set(self.decodes.values())}
-            decoded = {d: full[d[0]] for d in set(self.decodes.values())}
-        out = {}
-        for key in self.keys:
-            img = self.transforms[key](image=decoded[self.decodes[key]])["image"]
-            if img.ndim == 2:
-                img = img[:, :, None]
-            out["x".join(map(str, key))] = torch.from_numpy(np.require(img, requirements=["C", "W"])).permute(2, 0, 1)
-        return out
-
-
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -212,27 +174,6 @@ def _oof(run: RunInfo) -> pd.DataFrame:
     return read_oof(path)
 
 
-def _thresholds(cfg: DictConfig, task: Task, oof_probs: np.ndarray | None, oof_targets: np.ndarray | None) -> np.ndarray | None:
-    if task.name != "multilabel":
-        return None
-    t = cfg.get("threshold")
-    n = task.num_outputs
-    if t is None:
-        return np.full(n, task.threshold, dtype=np.float32)
-    if isinstance(t, str):
-        if t != "oof":
-            raise FoldvisionError(f"threshold={t!r}: give a number, a list per label, or oof.")
-        if oof_probs is None:
-            raise FoldvisionError("threshold=oof needs the runs' oof.csv files.")
-        return tune_thresholds(task, oof_probs, oof_targets, per_label=bool(cfg.threshold_per_label))
-    values = np.asarray(OmegaConf.to_container(t) if OmegaConf.is_config(t) else t, dtype=np.float32).reshape(-1)
-    if values.size == 1:
-        return np.full(n, float(values[0]), dtype=np.float32)
-    if values.size != n:
-        raise FoldvisionError(f"threshold has {values.size} values for {n} labels.")
-    return values
-
-
 def oof_ensemble(cfg: DictConfig, runs: list[RunInfo], weights: list[float]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """The ensemble applied to the runs' OOF predictions (rows every run has): its probabilities,
     the targets, and each member run's probabilities."""
@@ -246,82 +187,8 @@ def oof_ensemble(cfg: DictConfig, runs: list[RunInfo], weights: list[float]) -> 
     oofs = [o.loc[common] for o in oofs]
     targets = task.targets_from_columns(oofs[0])
     members = {str(r.path): o[task.prob_columns()].to_numpy(dtype=np.float32) for r, o in zip(runs, oofs)}
-    probs = combine(list(members.values()), weights, cfg.average, multiclass=task.name == "multiclass")
+    probs = combine(list(members.values()), weights, cfg.average, task)
     return probs, targets, members
-
-
-CONFIDENCE_COLUMNS = ("conf", "confidence", "score", "prob", "probability")
-
-
-def format_submission(task: Task, ids: list[str], probs: np.ndarray, thresholds: np.ndarray | None, fmt: str, sample: pd.DataFrame | None, id_col: str) -> pd.DataFrame:
-    """The submission table: in `sample`'s ids, order and columns when given."""
-    asked = fmt
-    if sample is not None:
-        id_col = sample.columns[0]
-        if sample[id_col].tolist() != list(ids):
-            raise ValueError("format_submission: rows must come in the sample's order (align_to_sample)")
-        value_cols = list(sample.columns[1:])
-        if set(value_cols) == set(task.classes) and len(value_cols) == len(task.classes):
-            # one column per class: probabilities (multiclass, or multilabel scored by AUC), else 0/1
-            fmt = "probs" if task.name == "multiclass" or fmt == "probs" else "columns"
-        elif task.name == "multiclass" and len(value_cols) == 2 and value_cols[1].lower() in CONFIDENCE_COLUMNS:
-            fmt = "label_conf"  # Dacon landmarks: landmark_id,conf
-        elif len(value_cols) == 1:
-            fmt = "labels" if task.name == "multilabel" else ("label" if fmt in ("auto", "probs") else fmt)
-        else:
-            unknown = sorted(set(value_cols) - set(task.classes))
-            raise FoldvisionError(
-                f"sample_submission columns {value_cols[:8]} fit neither one label column nor one column per class "
-                f"(not classes: {unknown[:5]}; classes are {task.classes[:8]})."
-            )
-        if asked == "probs" and fmt != "probs":
-            raise FoldvisionError(
-                f"submission_format=probs, but the sample submission's columns {value_cols[:8]} ask for labels ({fmt}); "
-                "probabilities (or average=rank scores) need one column per class. Use another submission_format "
-                "with average=mean|geometric, or sample_submission=false."
-            )
-    else:
-        value_cols = None
-    if fmt == "auto":
-        fmt = "columns" if task.name == "multilabel" else "label"
-    out = pd.DataFrame({id_col: ids})
-    if task.name == "multiclass":
-        if fmt == "probs":
-            cols = value_cols or task.classes
-            idx = [task.classes.index(c) for c in cols]
-            for c, j in zip(cols, idx):
-                out[c] = probs[:, j]
-        elif fmt in ("label", "index", "label_conf"):
-            col = value_cols[0] if value_cols else "label"
-            out[col] = probs.argmax(1) if fmt == "index" else task.decode(probs)
-            if fmt == "label_conf":
-                out[value_cols[1] if value_cols else "conf"] = probs.max(1)
-        else:
-            raise FoldvisionError(f"submission_format={fmt!r}: multiclass takes label | index | label_conf | probs.")
-    else:
-        binary = task.decode(probs, thresholds)
-        if fmt == "probs":  # scores per label, for AUC-type metrics
-            for c in value_cols or task.classes:
-                out[c] = probs[:, task.classes.index(c)]
-        elif fmt == "columns":
-            cols = value_cols or task.classes
-            for c in cols:
-                out[c] = binary[:, task.classes.index(c)]
-        elif fmt == "labels":
-            col = value_cols[0] if value_cols else "labels"
-            out[col] = [" ".join(task.classes[j] for j in np.flatnonzero(r)) for r in binary]
-        else:
-            raise FoldvisionError(f"submission_format={fmt!r}: multilabel takes columns | labels | probs.")
-    return out
-
-
-def align_to_sample(ids: list[str], arrays: list[np.ndarray], sample: pd.DataFrame | None) -> tuple[list[str], list[np.ndarray]]:
-    """Rows reordered to the sample submission's ids, so that the submission, probs.npy and
-    probs.csv share one order."""
-    if sample is None:
-        return ids, arrays
-    order = pd.Series(range(len(ids)), index=ids).loc[sample.iloc[:, 0]].to_numpy()
-    return [ids[i] for i in order], [a[order] for a in arrays]
 
 
 def _check_options(cfg: DictConfig, n_runs: int) -> tuple[list[float], list[int] | None]:
@@ -376,7 +243,7 @@ def run_predict(cfg: DictConfig) -> Path:
             raise
         log.warning("no OOF ensemble check: %s", e)
         oof_probs = oof_targets = None
-    thresholds = _thresholds(cfg, task, oof_probs, oof_targets)
+    thresholds = resolve_thresholds(cfg.get("threshold"), bool(cfg.threshold_per_label), task, oof_probs, oof_targets)
     report: dict[str, Any] = {}
     if oof_probs is not None:  # members at the ensemble's thresholds: a like-for-like comparison
         report = {
@@ -404,7 +271,7 @@ def run_predict(cfg: DictConfig) -> Path:
         )
     if data_cfg.get("bbox") and data_cfg.bbox.get("columns") and table_boxes(test) is None:
         log.warning("the runs trained on crops from data.bbox.columns, but the test CSV has no such columns: predicting whole images")
-    margin = float(data_cfg.bbox.margin) if data_cfg.get("bbox") else 0.0
+    margin = bbox_margin(data_cfg)
     loader = make_loader(
         MultiSizeDataset(test["path"].tolist(), keys, table_boxes(test), margin),
         int(cfg.batch_size or data_cfg.batch_size),
@@ -423,17 +290,14 @@ def run_predict(cfg: DictConfig) -> Path:
     )
     # fold models of a run share the run's weight; members are combined in one step
     member_weights = [weights[runs.index(r)] / len(r.checkpoints) for r, _ in members]
-    probs = combine(member_probs, member_weights, cfg.average, multiclass=task.name == "multiclass")
+    probs = combine(member_probs, member_weights, cfg.average, task)
 
     out = Path(cfg.out).absolute() if cfg.get("out") else runs[0].path / "predictions" / "submission.csv"
     pred_dir = out.parent
     ids, (probs, *member_probs) = align_to_sample(test["id"].tolist(), [probs, *member_probs], sample)
     id_col = str(data_cfg.get("id_col") or "id")
     submission = format_submission(task, ids, probs, thresholds, cfg.submission_format, sample, id_col)
-    write_npy(pred_dir / "probs.npy", probs)
-    write_csv(pred_dir / "probs.csv", pd.concat([pd.DataFrame({"id": ids}), pd.DataFrame(probs, columns=task.prob_columns())], axis=1))
-    if thresholds is not None:
-        write_json(pred_dir / "thresholds.json", {"labels": task.classes, "thresholds": thresholds})
+    write_probabilities(pred_dir, task, ids, probs, thresholds)
     answers = _answers(cfg, runs[0], task, ids)
     if answers is not None:  # held-out labels: score the ensemble and each fold model on them
         report["test"] = {

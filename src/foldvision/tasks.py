@@ -1,11 +1,12 @@
 """Tasks own what differs between softmax multi-class and sigmoid multi-label classification:
-target encoding, loss, activation, metrics and decoding probabilities into submitted labels.
-The module, OOF and predict code ask the task instead of branching on its name.
+target encoding, loss, activation, metrics (F1 included), decoding probabilities into the
+submission's columns, the ensemble's renormalisation and the per-row loss of the report. The
+module, OOF, predict and report code ask the task instead of branching on its name.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,19 @@ from torch import nn
 
 from foldvision.errors import FoldvisionError
 from foldvision.losses import multiclass_loss, multilabel_loss
+
+CONFIDENCE_COLUMNS = ("conf", "confidence", "score", "prob", "probability")
+
+
+def f1_per_label(pred: np.ndarray, targets: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Binary F1 of 0/1 (or bool) predictions against targets, reduced along `axis` (rows): one
+    value per label (or per threshold and label). 0 where a label has neither positives nor
+    predictions (sklearn's zero_division=0)."""
+    pred, y = np.asarray(pred).astype(bool), np.asarray(targets).astype(bool)
+    tp = (pred & y).sum(axis)
+    fp = (pred & ~y).sum(axis)
+    fn = (~pred & y).sum(axis)
+    return 2 * tp / np.maximum(2 * tp + fp + fn, 1)
 
 
 def _sorted_classes(values: Sequence[str]) -> list[str]:
@@ -31,6 +45,13 @@ class Task:
     name: str
     main_metric: str
     metric_names: tuple[str, ...]
+    multi_label: bool  # independent sigmoid outputs (timm's Mixup needs to know)
+    fold_strategy: str  # what cv.strategy=auto means
+    output_noun: str  # "classes" / "labels", in messages
+    count_title: str  # the class-distribution plot: what is counted per fold
+    diagnostic_plot: str  # the OOF plot of the run report (report/plots.py OOF_PLOTS)
+    default_submission_format: str
+    thresholded: bool = False  # decode() applies thresholds (tuned by predict.py threshold=oof)
 
     def __init__(self, cfg: DictConfig, classes: list[str] | None = None) -> None:
         self.cfg = cfg
@@ -54,7 +75,7 @@ class Task:
         """Loss against mixed (CutMix/MixUp) targets; label smoothing is already in them."""
         return loss_fn(logits, soft_targets)
 
-    def metrics(self, sync: bool = True) -> "torchmetrics.MetricCollection":  # noqa: F821
+    def metrics(self, sync: bool = True) -> torchmetrics.MetricCollection:  # noqa: F821
         """Validation metrics; synced across DDP ranks unless sync=False."""
         raise NotImplementedError
 
@@ -72,10 +93,56 @@ class Task:
     def prob_columns(self) -> list[str]:
         return [f"prob_{c}" for c in self.classes]
 
+    def renormalize(self, probs: np.ndarray) -> np.ndarray:
+        """Probabilities after an ensemble rule that does not keep the task's constraint (the
+        geometric mean of softmax outputs no longer sums to 1)."""
+        return probs
+
+    def row_loss(self, probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Per-row loss of the true targets (the worst-mistakes plot sorts by it)."""
+        raise NotImplementedError
+
+    def row_correct(self, probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Per row: is the decoded prediction entirely right?"""
+        raise NotImplementedError
+
+    def caption(self, probs: np.ndarray, target: np.ndarray) -> str:
+        """Two lines under a picture: the true label(s) and the prediction."""
+        raise NotImplementedError
+
+    def sample_format(self, value_cols: list[str], fmt: str) -> str:
+        """The submission format a sample submission's value columns ask for (`fmt`: the user's)."""
+        raise NotImplementedError
+
+    def submission_columns(
+        self, probs: np.ndarray, thresholds: np.ndarray | None, fmt: str, value_cols: list[str] | None
+    ) -> dict[str, np.ndarray | list]:
+        """The submission's value columns (named after `value_cols` when a sample gives them)."""
+        raise NotImplementedError
+
+    def _unfit_sample(self, value_cols: list[str]) -> FoldvisionError:
+        unknown = sorted(set(value_cols) - set(self.classes))
+        return FoldvisionError(
+            f"sample_submission columns {value_cols[:8]} fit neither one label column nor one column per class "
+            f"(not classes: {unknown[:5]}; classes are {self.classes[:8]})."
+        )
+
+    def _one_column_per_class(self, value_cols: list[str]) -> bool:
+        return set(value_cols) == set(self.classes) and len(value_cols) == len(self.classes)
+
+    def _prob_columns(self, probs: np.ndarray, value_cols: list[str] | None) -> dict[str, np.ndarray]:
+        return {c: probs[:, self.classes.index(c)] for c in value_cols or self.classes}
+
 
 class MulticlassTask(Task):
     name = "multiclass"
     main_metric = "accuracy"
+    multi_label = False
+    fold_strategy = "stratified"
+    output_noun = "classes"
+    count_title = "images per class and fold"
+    diagnostic_plot = "confusion_matrix"
+    default_submission_format = "label"
 
     def encode(self, labels: pd.Series | pd.DataFrame, sep: str = " ") -> np.ndarray:
         if isinstance(labels, pd.DataFrame):
@@ -158,11 +225,51 @@ class MulticlassTask(Task):
     def targets_from_columns(self, df):
         return self.encode(df["target"].astype(str))
 
+    def renormalize(self, probs):
+        return probs / probs.sum(axis=1, keepdims=True)
+
+    def row_loss(self, probs, targets):
+        p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
+        return -np.log(p[np.arange(len(p)), targets])
+
+    def row_correct(self, probs, targets):
+        return np.asarray(probs).argmax(1) == targets
+
+    def caption(self, probs, target):
+        j = int(np.argmax(probs))
+        return f"true {self.classes[int(target)]}\npred {self.classes[j]} ({probs[j]:.2f})"
+
+    def sample_format(self, value_cols, fmt):
+        if self._one_column_per_class(value_cols):
+            return "probs"  # one column per class: probabilities
+        if len(value_cols) == 2 and value_cols[1].lower() in CONFIDENCE_COLUMNS:
+            return "label_conf"  # Dacon landmarks: landmark_id,conf
+        if len(value_cols) == 1:
+            return "label" if fmt in ("auto", "probs") else fmt
+        raise self._unfit_sample(value_cols)
+
+    def submission_columns(self, probs, thresholds, fmt, value_cols):
+        if fmt == "probs":
+            return self._prob_columns(probs, value_cols)
+        if fmt in ("label", "index", "label_conf"):
+            out = {value_cols[0] if value_cols else "label": probs.argmax(1) if fmt == "index" else self.decode(probs)}
+            if fmt == "label_conf":
+                out[value_cols[1] if value_cols else "conf"] = probs.max(1)
+            return out
+        raise FoldvisionError(f"submission_format={fmt!r}: multiclass takes label | index | label_conf | probs.")
+
 
 class MultilabelTask(Task):
     name = "multilabel"
     main_metric = "label_accuracy"
     metric_names = ("label_accuracy", "exact_match", "f1_macro", "mAP")
+    multi_label = True
+    fold_strategy = "multilabel_stratified"
+    output_noun = "labels"
+    count_title = "positives per label and fold"
+    diagnostic_plot = "per_label"
+    default_submission_format = "columns"
+    thresholded = True
 
     @property
     def threshold(self) -> float:
@@ -196,7 +303,12 @@ class MultilabelTask(Task):
 
     def metrics(self, sync: bool = True):
         from torchmetrics import MetricCollection
-        from torchmetrics.classification import MultilabelAccuracy, MultilabelAveragePrecision, MultilabelExactMatch, MultilabelF1Score
+        from torchmetrics.classification import (
+            MultilabelAccuracy,
+            MultilabelAveragePrecision,
+            MultilabelExactMatch,
+            MultilabelF1Score,
+        )
 
         n, t, kw = self.num_outputs, self.threshold, {"sync_on_compute": sync}
         return MetricCollection(
@@ -215,10 +327,7 @@ class MultilabelTask(Task):
         targets = np.asarray(targets).astype(np.int64)
         thr = self.threshold if threshold is None else threshold
         pred = (probs >= np.asarray(thr, dtype=np.float32)).astype(np.int64)
-        tp = ((pred == 1) & (targets == 1)).sum(0)
-        fp = ((pred == 1) & (targets == 0)).sum(0)
-        fn = ((pred == 0) & (targets == 1)).sum(0)
-        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+        f1 = f1_per_label(pred, targets)
         from torchmetrics.functional.classification import multilabel_average_precision
 
         ap = multilabel_average_precision(torch.from_numpy(probs), torch.from_numpy(targets), num_labels=self.num_outputs, average="macro")
@@ -239,6 +348,36 @@ class MultilabelTask(Task):
 
     def targets_from_columns(self, df):
         return df[[f"target_{c}" for c in self.classes]].to_numpy(dtype=np.float32)
+
+    def row_loss(self, probs, targets):
+        p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
+        return -(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean(1)
+
+    def row_correct(self, probs, targets):
+        return ((np.asarray(probs) >= self.threshold) == (targets > 0.5)).all(1)
+
+    def caption(self, probs, target):
+        true = " ".join(c for c, t in zip(self.classes, target) if t == 1)
+        pred = " ".join(c for c, q in zip(self.classes, probs) if q >= self.threshold)
+        return f"true {true[:20]}\npred {pred[:20]}"
+
+    def sample_format(self, value_cols, fmt):
+        if self._one_column_per_class(value_cols):
+            return "probs" if fmt == "probs" else "columns"  # scored by AUC: probabilities, else 0/1
+        if len(value_cols) == 1:
+            return "labels"
+        raise self._unfit_sample(value_cols)
+
+    def submission_columns(self, probs, thresholds, fmt, value_cols):
+        if fmt == "probs":  # scores per label, for AUC-type metrics
+            return self._prob_columns(probs, value_cols)
+        binary = self.decode(probs, thresholds)
+        if fmt == "columns":
+            return {c: binary[:, self.classes.index(c)] for c in value_cols or self.classes}
+        if fmt == "labels":
+            col = value_cols[0] if value_cols else "labels"
+            return {col: [" ".join(self.classes[j] for j in np.flatnonzero(r)) for r in binary]}
+        raise FoldvisionError(f"submission_format={fmt!r}: multilabel takes columns | labels | probs.")
 
 
 TASKS = {"multiclass": MulticlassTask, "multilabel": MultilabelTask}

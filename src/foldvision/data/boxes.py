@@ -16,6 +16,12 @@ import numpy as np
 from foldvision.errors import FoldvisionError
 
 
+def bbox_margin(data_cfg) -> float:
+    """`data.bbox.margin`: the context kept around each box, a fraction of its size (0 without data.bbox)."""
+    bbox = data_cfg.get("bbox")
+    return float(bbox.get("margin") or 0.0) if bbox else 0.0
+
+
 def crop(image: np.ndarray, box: np.ndarray | None, margin: float = 0.0) -> np.ndarray:
     """`image` cut to `box` (x1, y1, x2, y2) grown by `margin`, clipped to the image; NaN box: whole image."""
     if box is None or np.isnan(box).any():

@@ -22,6 +22,7 @@ import pandas as pd
 from PIL import Image
 
 from foldvision.errors import FoldvisionError
+from foldvision.io import DIR_MODE
 
 MARKER = ".foldvision_builtin"
 N_TRAIN = {"letters": 2000, "digits": 1400}
@@ -107,8 +108,6 @@ def ensure_builtin(kind: str, root: Path) -> Path:
     train_pool, test_pool = order[: N_TRAIN["digits"]], order[N_TRAIN["digits"] :]
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
-    from foldvision.io import DIR_MODE
-
     os.chmod(tmp, DIR_MODE)  # mkdtemp makes it private; a dataset is for everyone who may read it
     try:
         (_write_letters if kind == "letters" else _write_digits)(tmp, images, labels, train_pool, test_pool)

@@ -11,14 +11,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from foldvision.data.images import load_image
+from foldvision.data.images import read_image
 from foldvision.data.transforms import eval_transform
+from foldvision.errors import FoldvisionError
 
 log = logging.getLogger("foldvision")
 
@@ -45,8 +46,6 @@ def build_cache(
     workers: int = 4, boxes: np.ndarray | None = None, margin: float = 0.0,
 ) -> Path:
     """The cache file for these images (built now unless it exists): shape (N, H, W, C) uint8."""
-    from foldvision.data.boxes import crop
-
     cache_dir = Path(cache_dir)
     h, w = int(image_size[0]), int(image_size[-1])
     path = cache_dir / f"images_{h}x{w}x{channels}_{cache_key(paths, image_size, channels, boxes, margin)}.npy"
@@ -58,18 +57,13 @@ def build_cache(
         cache_dir.mkdir(parents=True, exist_ok=True)
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), h, w, channels))
     except OSError as e:
-        from foldvision.errors import FoldvisionError
-
         raise FoldvisionError(
             f"cannot write the image cache in {cache_dir} ({e.strerror}). Point data.cache_dir at a writable folder "
             "with room for it (e.g. data.cache_dir=/kaggle/working/cache), or set data.cache=false."
         ) from None
 
     def fill(i: int) -> None:
-        if boxes is None:
-            img = load_image(paths[i], channels, (h, w))
-        else:  # boxes are in full-resolution pixels
-            img = crop(load_image(paths[i], channels), boxes[i], margin)
+        img = read_image(paths[i], channels, (h, w), boxes[i] if boxes is not None else None, margin)
         out = resize(image=img)["image"]
         array[i] = out.reshape(h, w, channels)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -10,8 +11,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from foldvision.checkpointing import ResumableLoader
-from foldvision.data.boxes import crop
-from foldvision.data.images import ImageReadError, load_image
+from foldvision.data.images import ImageReadError, read_image
+from foldvision.errors import FoldvisionError
+
+
+def chw_tensor(image: np.ndarray) -> torch.Tensor:
+    """An (H, W[, C]) uint8 array as the (C, H, W) tensor the models take (shares its memory)."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    return torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)
 
 
 class ImageDataset(Dataset):
@@ -45,8 +53,8 @@ class ImageDataset(Dataset):
         self.cache_file = cache_file
         self.cache_rows = cache_rows
         self._cache: np.ndarray | None = None
-        # JPEGs decoded at a reduced scale no smaller than this (see load_image); not with boxes
-        self.decode_size = decode_size if boxes is None else None
+        # JPEGs decoded at a reduced scale no smaller than this (see read_image); not with boxes
+        self.decode_size = decode_size
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -56,10 +64,8 @@ class ImageDataset(Dataset):
             if self._cache is None:
                 self._cache = np.load(self.cache_file, mmap_mode="r")
             return np.array(self._cache[self.cache_rows[i] if self.cache_rows is not None else i])
-        image = load_image(self.paths[i], self.channels, self.decode_size)
-        if self.boxes is not None:
-            image = crop(image, self.boxes[i], self.margin)
-        return image
+        box = self.boxes[i] if self.boxes is not None else None
+        return read_image(self.paths[i], self.channels, self.decode_size, box, self.margin)
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, Any]:
         if isinstance(item, tuple):  # (index, augmentation seed) from EpochSampler
@@ -72,10 +78,7 @@ class ImageDataset(Dataset):
             image = self.transform(image=image)["image"]
         except Exception as e:
             raise ImageReadError(f"transforming image {self.paths[i]} (shape {image.shape}) failed: {e}") from e
-        if image.ndim == 2:
-            image = image[:, :, None]
-        x = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)
-        return x, (self.targets[i] if self.targets is not None else i)
+        return chw_tensor(image), (self.targets[i] if self.targets is not None else i)
 
 
 class EpochSampler(Sampler):
@@ -97,8 +100,6 @@ class EpochSampler(Sampler):
     def __init__(
         self, n: int, seed: int, epoch: int = 0, mode: str = "random", classes: np.ndarray | None = None, rank: int = 0, world_size: int = 1
     ) -> None:
-        from foldvision.errors import FoldvisionError
-
         if mode not in self.MODES:
             raise FoldvisionError(f"data.sampler={mode!r} is not one of {self.MODES}.")
         if mode != "random" and (classes is None or classes.ndim != 1):

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -23,9 +23,10 @@ from foldvision.io import write_csv
 STRATEGIES = ("kfold", "stratified", "multilabel_stratified", "group", "stratified_group")
 
 
-def resolve_strategy(strategy: str, task_name: str) -> str:
+def resolve_strategy(strategy: str, auto: str) -> str:
+    """cv.strategy checked; `auto` is what the task stratifies by (task.fold_strategy)."""
     if strategy == "auto":
-        return "multilabel_stratified" if task_name == "multilabel" else "stratified"
+        return auto
     if strategy not in STRATEGIES:
         raise FoldvisionError(f"cv.strategy={strategy!r} is not one of auto | {' | '.join(STRATEGIES)}.")
     return strategy

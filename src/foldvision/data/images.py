@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from foldvision.data.boxes import crop
 from foldvision.errors import FoldvisionError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -132,3 +133,23 @@ def _decode_pillow(img: Image.Image, channels: int, min_size: Sequence[int] | No
         img = _flatten_alpha(img)
     img = img.convert("L" if channels == 1 else "RGB")
     return np.asarray(img, dtype=np.uint8)
+
+
+def read_image(
+    path: str | os.PathLike,
+    channels: int = 3,
+    size: Sequence[int] | None = None,
+    box: np.ndarray | None = None,
+    margin: float = 0.0,
+) -> np.ndarray:
+    """The one image-reading path of training, the image cache and prediction: `path` decoded to a
+    uint8 (H, W, channels) array, cut to `box` when one is given.
+
+    size:   the (h, w) the caller resizes to next; without a box a large JPEG decodes at a reduced
+            scale that still covers it (see load_image).
+    box:    x1, y1, x2, y2 in full-resolution pixels, grown by `margin` (a fraction of the box
+            size); the image then decodes at full resolution. An all-NaN box keeps the whole image.
+    """
+    if box is None:
+        return load_image(path, channels, size)
+    return crop(load_image(path, channels), box, margin)

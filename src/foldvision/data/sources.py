@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from foldvision.data.boxes import voc_boxes
+from foldvision.data.builtin import ensure_builtin
 from foldvision.data.images import IMAGE_EXTENSIONS
 from foldvision.errors import FoldvisionError
 
@@ -63,6 +65,13 @@ def _resolve_dir(root: Path, sub: str | None) -> Path:
         return root
     p = Path(sub)
     return p if p.is_absolute() else root / p
+
+
+def data_path(cfg: DictConfig, value: str | os.PathLike | None) -> Path:
+    """The one path rule for `data.*` keys: relative to `data.root` (itself relative to the working
+    folder), absolute paths as they are. Every path outside `data.*` (cv.dir, predict.py's options)
+    is relative to the working folder."""
+    return _resolve_dir(Path(cfg.root).expanduser(), None if value is None else str(value))
 
 
 def _read_csv(path: Path, what: str, **kwargs) -> pd.DataFrame:
@@ -241,8 +250,6 @@ def read_table(cfg: DictConfig) -> DataTable:
     """Read the dataset described by the `data` config group (writing a built-in one if asked)."""
     root = Path(cfg.root).expanduser()
     if cfg.get("builtin"):
-        from foldvision.data.builtin import ensure_builtin
-
         ensure_builtin(cfg.builtin, root)
     if not root.is_dir():
         raise FoldvisionError(f"data.root={root} is not a directory. Point data.root at your dataset.")
@@ -265,8 +272,6 @@ def _attach_voc_boxes(cfg: DictConfig, root: Path, df: pd.DataFrame | None, imag
     bbox = cfg.get("bbox")
     if df is None or bbox is None or not bbox.get("voc_dir"):
         return
-    from foldvision.data.boxes import voc_boxes
-
     voc_dir = _resolve_dir(root, bbox.voc_dir)
     if not voc_dir.is_dir():
         raise FoldvisionError(f"data.bbox.voc_dir={voc_dir} is not a directory.")

@@ -4,7 +4,8 @@ Normalisation is not here: the model does it (see models/backbone.py)."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import cv2
 from omegaconf import DictConfig, OmegaConf

@@ -11,12 +11,14 @@ fold mixes the same batches as an uninterrupted one.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from omegaconf import DictConfig
 
 
-def create_mixer(augment: DictConfig | None, task_name: str, num_classes: int, label_smoothing: float = 0.0) -> Callable | None:
+def create_mixer(
+    augment: DictConfig | None, multi_label: bool, num_classes: int, label_smoothing: float = 0.0
+) -> Callable | None:
     """A callable (images, targets) -> (mixed images, soft targets), or None when both are off.
 
     `augment.mixup` / `augment.cutmix` are the chances per batch; `augment.mix_alpha` the Beta
@@ -38,5 +40,5 @@ def create_mixer(augment: DictConfig | None, task_name: str, num_classes: int, l
         mode="batch",
         label_smoothing=label_smoothing,
         num_classes=num_classes,
-        multi_label=task_name == "multilabel",
+        multi_label=multi_label,  # task.multi_label: multi-hot targets mixed as they are
     )

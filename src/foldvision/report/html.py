@@ -9,10 +9,16 @@ import logging
 from pathlib import Path
 
 import pandas as pd
+from omegaconf import OmegaConf
 
 from foldvision.config import load_run_config
 from foldvision.errors import FoldvisionError
-from foldvision.io import read_json, read_oof, write_text
+from foldvision.io import read_json, write_text
+from foldvision.report import plots
+from foldvision.report.plots import _pyplot, _save, read_fold_metrics
+from foldvision.runs import fold_results, read_run_oof
+from foldvision.sweeps import summarize_sweep
+from foldvision.tasks import create_task
 
 log = logging.getLogger("foldvision")
 
@@ -33,34 +39,19 @@ def _table(df: pd.DataFrame) -> str:
     return df.to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0, escape=True)
 
 
-def _run_oof(run_dir: Path) -> pd.DataFrame | None:
-    """oof.csv, or for a partial run the finished folds' predictions."""
-    if (run_dir / "oof.csv").is_file():
-        return read_oof(run_dir / "oof.csv")
-    parts = [read_oof(p) for p in sorted(run_dir.glob("fold_*/oof.csv"))]
-    return pd.concat(parts, ignore_index=True) if parts else None
-
-
 def build_run_report(run_dir: str | Path) -> Path:
     """(Re)draw the plots of a finished or partial run and write report/report.html."""
-    from foldvision.cv import fold_results
-    from foldvision.report import plots
-    from foldvision.tasks import create_task
-
     run_dir = Path(run_dir).absolute()
     cfg = load_run_config(run_dir)
     classes = read_json(run_dir / "classes.json")["classes"] if (run_dir / "classes.json").is_file() else None
     task = create_task(cfg.task, classes)
     report = run_dir / "report"
     results = fold_results(run_dir)
-    oof = _run_oof(run_dir)
+    oof = read_run_oof(run_dir)
     figs: list[tuple[Path | None, str]] = [(plots.plot_fold_curves(run_dir, task.main_metric, report / "curves.png"), "Training curves per fold")]
     if oof is not None and classes:
         figs.append((plots.plot_class_distribution(oof, task, report / "class_distribution.png"), "Class distribution per fold"))
-        if task.name == "multiclass":
-            figs.append((plots.plot_confusion(oof, task, report / "confusion_matrix.png"), "OOF confusion matrix"))
-        else:
-            figs.append((plots.plot_per_label(oof, task, report / "per_label.png"), "OOF per-label accuracy and F1"))
+        figs.append(plots.plot_oof_diagnostic(oof, task, report))
         channels = int(cfg.model.get("in_chans", 3))
         figs.append((plots.plot_worst_mistakes(oof, task, report / "worst_mistakes.png", channels), "Worst OOF mistakes"))
     figs += [(report / "lr_schedule.png", "Learning-rate schedule"), (report / "augmentations.png", "Augmented training samples")]
@@ -83,8 +74,6 @@ def build_run_report(run_dir: str | Path) -> Path:
         ens = read_json(run_dir / "predictions" / "ensemble.json")
         members = pd.DataFrame([{"member": Path(k).name, **v} for k, v in ens.get("members", {}).items()] + [{"member": "ensemble", **ens.get("ensemble", {})}])
         parts.append("<h2>predict.py: OOF score of the ensemble</h2>" + _table(members))
-    from omegaconf import OmegaConf
-
     parts.append("<h2>Config</h2><pre>" + html.escape(OmegaConf.to_yaml(cfg)) + "</pre>")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>foldvision {html.escape(run_dir.name)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
     out = report / "report.html"
@@ -94,9 +83,6 @@ def build_run_report(run_dir: str | Path) -> Path:
 
 def build_sweep_report(sweep_dir: str | Path) -> Path:
     """sweep_report.html: members sorted by CV score with their overrides, validation curves overlaid."""
-    from foldvision.hydra_callbacks import summarize_sweep
-    from foldvision.report.plots import _pyplot, _save, read_fold_metrics
-
     sweep_dir = Path(sweep_dir).absolute()
     summary_csv = sweep_dir / "sweep_summary.csv"
     if not summary_csv.is_file() and summarize_sweep(sweep_dir) is None:

@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+import matplotlib
 import numpy as np
+import pandas as pd
 import torch
+from matplotlib.ticker import MaxNLocator
 from omegaconf import DictConfig
+
+from foldvision.data.images import ImageReadError, load_image
+from foldvision.models.optim import create_scheduler
+from foldvision.tasks import Task, f1_per_label
 
 
 def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
+    matplotlib.use("Agg")  # files only, no display; before pyplot is first imported
     import matplotlib.pyplot as plt
 
     return plt
 
 
+def plot_oof_diagnostic(oof: pd.DataFrame, task: Task, report_dir: Path) -> tuple[Path, str]:
+    """The task's own OOF plot (task.diagnostic_plot) and its caption."""
+    name = task.diagnostic_plot
+    plot, caption = OOF_PLOTS[name]
+    return plot(oof, task, report_dir / f"{name}.png"), caption
+
+
 def lr_schedule(scheduler_cfg: DictConfig, lr: float, steps_per_epoch: int, max_epochs: int, devices: int = 1) -> np.ndarray:
     """The learning rate at every optimizer step, simulated with the real scheduler."""
-    from foldvision.models.optim import create_scheduler
-
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
     sched = create_scheduler(scheduler_cfg, opt, steps_per_epoch, max_epochs, devices)
     lrs = []
@@ -93,10 +103,8 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def read_fold_metrics(fold_dir: Path) -> "pd.DataFrame | None":  # noqa: F821
+def read_fold_metrics(fold_dir: Path) -> pd.DataFrame | None:
     """Per-epoch metrics of one fold from its metrics.csv (one row per epoch)."""
-    import pandas as pd
-
     path = fold_dir / "metrics.csv"
     if not path.is_file():
         return None
@@ -124,8 +132,6 @@ def plot_fold_curves(run_dir: Path, main_metric: str, path: Path) -> Path | None
             ax_metric.plot(m["epoch"], m[f"val/{main_metric}"], color=color, marker=".", label=name)
     ax_loss.set(title="loss (dashed: train, solid: validation)", xlabel="epoch")
     ax_metric.set(title=f"validation {main_metric}", xlabel="epoch")
-    from matplotlib.ticker import MaxNLocator
-
     epochs = sorted({int(e) for m in curves.values() for e in m["epoch"]})
     for ax in (ax_loss, ax_metric):
         ax.grid(alpha=0.3)
@@ -137,7 +143,7 @@ def plot_fold_curves(run_dir: Path, main_metric: str, path: Path) -> Path | None
     return _save(fig, path)
 
 
-def plot_class_distribution(oof: "pd.DataFrame", task, path: Path) -> Path:  # noqa: F821
+def plot_class_distribution(oof: pd.DataFrame, task: Task, path: Path) -> Path:
     """Images per class (multiclass) or positives per label (multilabel) in each fold."""
     plt = _pyplot()
     targets = task.targets_from_columns(oof)
@@ -153,12 +159,12 @@ def plot_class_distribution(oof: "pd.DataFrame", task, path: Path) -> Path:  # n
         ax.bar(np.arange(n) + i * width, counts[i], width, label=f"fold {k}")
     ax.set_xticks(np.arange(n) + 0.4 - width / 2)
     ax.set_xticklabels(task.classes if n <= 60 else [""] * n, rotation=90 if n > 12 else 0, fontsize=8)
-    ax.set(title="images per class and fold" if task.name == "multiclass" else "positives per label and fold", ylabel="count")
+    ax.set(title=task.count_title, ylabel="count")
     ax.legend(fontsize=8)
     return _save(fig, path)
 
 
-def plot_confusion(oof: "pd.DataFrame", task, path: Path) -> Path:  # noqa: F821
+def plot_confusion(oof: pd.DataFrame, task: Task, path: Path) -> Path:
     """Row-normalised OOF confusion matrix (rows: true class) with class names."""
     plt = _pyplot()
     y = task.targets_from_columns(oof)
@@ -182,14 +188,13 @@ def plot_confusion(oof: "pd.DataFrame", task, path: Path) -> Path:  # noqa: F821
     return _save(fig, path)
 
 
-def plot_per_label(oof: "pd.DataFrame", task, path: Path) -> Path:  # noqa: F821
+def plot_per_label(oof: pd.DataFrame, task: Task, path: Path) -> Path:
     """Per-label OOF accuracy and F1 at the task threshold (multilabel)."""
     plt = _pyplot()
     y = task.targets_from_columns(oof).astype(bool)
     pred = oof[task.prob_columns()].to_numpy() >= task.threshold
     acc = (pred == y).mean(0)
-    tp, fp, fn = (pred & y).sum(0), (pred & ~y).sum(0), (~pred & y).sum(0)
-    f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+    f1 = f1_per_label(pred, y)
     n = task.num_outputs
     fig, ax = plt.subplots(figsize=(max(6, 0.4 * n + 2), 4))
     ax.bar(np.arange(n) - 0.2, acc, 0.4, label="accuracy")
@@ -201,24 +206,17 @@ def plot_per_label(oof: "pd.DataFrame", task, path: Path) -> Path:  # noqa: F821
     return _save(fig, path)
 
 
-def worst_mistakes(oof: "pd.DataFrame", task, n: int = 16) -> "pd.DataFrame":  # noqa: F821
+def worst_mistakes(oof: pd.DataFrame, task: Task, n: int = 16) -> pd.DataFrame:
     """The OOF rows the model got most wrong: wrong predictions first, by the loss of the true
     target (then, if there are fewer than n, the least confident right ones)."""
     y = task.targets_from_columns(oof)
-    p = np.clip(oof[task.prob_columns()].to_numpy(dtype=np.float64), 1e-7, 1 - 1e-7)
-    if task.name == "multiclass":
-        loss = -np.log(p[np.arange(len(p)), y])
-        right = p.argmax(1) == y
-    else:
-        loss = -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean(1)
-        right = ((p >= task.threshold) == (y > 0.5)).all(1)
+    p = oof[task.prob_columns()].to_numpy(dtype=np.float64)
+    loss, right = task.row_loss(p, y), task.row_correct(p, y)
     return oof.assign(_loss=loss, _right=right).sort_values(["_right", "_loss"], ascending=[True, False]).head(n)
 
 
-def plot_worst_mistakes(oof: "pd.DataFrame", task, path: Path, channels: int = 3, n: int = 16) -> Path | None:  # noqa: F821
+def plot_worst_mistakes(oof: pd.DataFrame, task: Task, path: Path, channels: int = 3, n: int = 16) -> Path | None:
     """A grid of the worst OOF mistakes: image, true label(s), prediction and its confidence."""
-    from foldvision.data.images import ImageReadError, load_image
-
     if "path" not in oof:
         return None
     plt = _pyplot()
@@ -228,21 +226,21 @@ def plot_worst_mistakes(oof: "pd.DataFrame", task, path: Path, channels: int = 3
     axes = np.atleast_1d(axes).ravel()
     for ax in axes:
         ax.axis("off")
-    for ax, (_, r) in zip(axes, rows.iterrows()):
+    targets = task.targets_from_columns(rows)
+    for ax, (_, r), target in zip(axes, rows.iterrows(), targets):
         try:
             img = load_image(r["path"], channels)
         except ImageReadError:
             continue
         ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None)
         probs = r[task.prob_columns()].to_numpy(dtype=np.float64)
-        if task.name == "multiclass":
-            true = r["target"]
-            j = int(probs.argmax())
-            text = f"true {true}\npred {task.classes[j]} ({probs[j]:.2f})"
-        else:
-            true = " ".join(c for c in task.classes if r[f"target_{c}"] == 1)
-            pred = " ".join(c for c, q in zip(task.classes, probs) if q >= task.threshold)
-            text = f"true {true[:20]}\npred {pred[:20]}"
-        ax.set_title(f"{str(r['id'])[:18]}\n{text}", fontsize=7)
+        ax.set_title(f"{str(r['id'])[:18]}\n{task.caption(probs, target)}", fontsize=7)
     fig.suptitle("worst OOF mistakes (highest loss)")
     return _save(fig, path)
+
+
+# task.diagnostic_plot -> the plot and its caption in the run report
+OOF_PLOTS = {
+    "confusion_matrix": (plot_confusion, "OOF confusion matrix"),
+    "per_label": (plot_per_label, "OOF per-label accuracy and F1"),
+}

@@ -1,0 +1,147 @@
+"""The training data of a CV run: the table read from `cfg.data`, targets encoded by the task, the
+persisted folds, and the image datasets of any subset of rows (train or eval transforms, crop
+boxes, the decoded-image cache)."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+
+from foldvision.config import global_rank
+from foldvision.data.boxes import bbox_margin
+from foldvision.data.cache import build_cache
+from foldvision.data.datamodule import ImageDataset
+from foldvision.data.folds import load_or_make_folds, resolve_strategy
+from foldvision.data.images import ImageReadError, load_image
+from foldvision.data.sources import DataTable, data_path, read_table, table_boxes
+from foldvision.data.transforms import eval_transform, train_transform
+from foldvision.errors import FoldvisionError
+from foldvision.io import write_csv
+from foldvision.tasks import Task, create_task
+
+log = logging.getLogger("foldvision")
+
+
+@dataclass
+class CVData:
+    """The training table with encoded targets and fold assignment."""
+
+    table: DataTable
+    task: Task
+    targets: np.ndarray
+    folds: np.ndarray
+    fold_file: Path
+
+    @property
+    def ids(self) -> list[str]:
+        return self.table.train["id"].tolist()
+
+    @property
+    def paths(self) -> list[str]:
+        return self.table.train["path"].tolist()
+
+    def dataset(self, cfg: DictConfig, data_config: dict[str, Any], rows: np.ndarray, train: bool = False):
+        """An ImageDataset of the selected rows: train or eval transforms, crop boxes, and the
+        decoded-image cache when data.cache=true (built once for the whole table)."""
+        size, channels = data_config["image_size"], data_config["in_chans"]
+        boxes = table_boxes(self.table.train)
+        margin = bbox_margin(cfg.data)
+        cache_file = None
+        if cfg.data.get("cache"):
+            cache_dir = data_path(cfg.data, cfg.data.get("cache_dir") or "cache")
+            cache_file = str(
+                build_cache(self.paths, size, channels, cache_dir, max(2, int(cfg.data.num_workers)), boxes, margin)
+            )
+        resize = cache_file is None
+        transform = train_transform(size, cfg.get("augment"), resize) if train else eval_transform(size, resize)
+        return ImageDataset(
+            np.array(self.paths, dtype=object)[rows].tolist(),
+            self.targets[rows],
+            transform,
+            channels,
+            boxes=boxes[rows] if boxes is not None else None,
+            margin=margin,
+            cache_file=cache_file,
+            cache_rows=np.flatnonzero(rows) if cache_file else None,
+            decode_size=size,
+        )
+
+
+def drop_unreadable(data: CVData, cfg: DictConfig, run_dir: Path) -> None:
+    """data.skip_bad=true: decode every image once; rows whose image is missing or fails are
+    dropped (after the folds were assigned, so the split does not change) and listed."""
+
+    def check(path: str | None) -> str | None:
+        if not isinstance(path, str):  # None / NaN: the id has no image file
+            return "no image file for this id"
+        try:
+            load_image(path, int(cfg.model.get("in_chans", 3)))
+            return None
+        except ImageReadError as e:
+            return str(e)
+
+    train = data.table.train
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        errors = list(pool.map(check, train["path"]))
+    keep = np.array([e is None for e in errors])
+    if keep.all():
+        return
+    bad = pd.DataFrame({"id": train["id"], "path": train["path"], "error": errors})[~keep]
+    if global_rank() == 0:
+        write_csv(run_dir / "bad_images.csv", bad)
+    log.warning(
+        "data.skip_bad=true: skipped %d unreadable/missing image(s), listed in %s", len(bad), run_dir / "bad_images.csv"
+    )
+    data.table.train = train[keep].reset_index(drop=True)
+    data.table.labels = data.table.labels[keep].reset_index(drop=True)
+    data.targets, data.folds = data.targets[keep], data.folds[keep]
+
+
+def check_task_fits_data(cfg: DictConfig, targets: np.ndarray) -> None:
+    """Catch the task head that does not fit the labels before hours of training: a folder layout
+    (one class per image) with the multi-label head is refused; a multi-label CSV where every image
+    has exactly one label gets a warning (exclusive classes want task=multiclass)."""
+    if targets.ndim != 2:
+        return
+    if cfg.data.source == "folder":
+        raise FoldvisionError(
+            "data=folder gives every image exactly one class (its sub-folder), but task=multilabel trains one "
+            "independent sigmoid per class. Use task=multiclass, or a CSV layout (data=csv / data=multihot) for multi-label data."
+        )
+    if len(targets) and (targets.sum(axis=1) == 1).all():
+        log.warning(
+            "task=multilabel, but every training image has exactly one label: if the classes exclude each other, "
+            "task=multiclass (softmax) is the right head."
+        )
+
+
+def load_cv_data(cfg: DictConfig, run_dir: Path | None = None) -> CVData:
+    """Read the data, encode targets with the task and load (or make) the persisted folds."""
+    table = read_table(cfg.data)
+    task = create_task(cfg.task)
+    targets = task.encode(table.labels, sep=cfg.data.get("label_sep") or " ")
+    check_task_fits_data(cfg, targets)
+    strategy = resolve_strategy(cfg.cv.strategy, task.fold_strategy)
+    groups = table.train["group"].to_numpy() if "group" in table.train else None
+    folds, fold_file = load_or_make_folds(
+        cfg.cv.dir,
+        table.train["id"].tolist(),
+        targets,
+        task.classes,
+        strategy,
+        int(cfg.cv.n_folds),
+        int(cfg.cv.seed),
+        groups=groups,
+        regenerate=bool(cfg.cv.regenerate),
+    )
+    data = CVData(table, task, targets, folds, fold_file)
+    if cfg.data.get("skip_bad"):
+        drop_unreadable(data, cfg, run_dir or Path(cfg.paths.output_dir))
+    return data
