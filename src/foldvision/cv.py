@@ -385,11 +385,13 @@ def _preflight(cfg: DictConfig, data: CVData, run_dir: Path, folds: list[int]) -
 
 def run_cv(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
     """Train the selected folds of `cfg` into the run folder; return the OOF main metric."""
+    from foldvision.models.backbone import check_weights
     from foldvision.training import check_accelerator, describe_device
 
     t0 = time.time()
     check_accelerator(cfg.trainer)
     log.info(describe_device(cfg.trainer))
+    check_weights(cfg.model)  # a wrong model.weights_file stops here, before any image is read
     run_dir, cfg = prepare_run_dir(cfg, run_dir)
     data = load_cv_data(cfg, run_dir)
     if global_rank() == 0:  # DDP: one writer per file
