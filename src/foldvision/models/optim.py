@@ -12,7 +12,6 @@ from torch import nn
 
 from foldvision.errors import FoldvisionError
 
-
 # optimizer config keys foldvision reads itself (not passed to the optimizer class)
 FOLDVISION_KEYS = ("backbone_lr_factor", "no_decay_norm_bias")
 

