@@ -248,9 +248,10 @@ def _by_order(
             raise FoldvisionError(
                 _not_covered(name_pairs, body)
                 + (
-                    f" By order, tensor #{i} does not line up: file {s} {_shape(src[s])} vs model {t} {_shape(target[t])} "
-                    f"(the file has {len(src_keys)} tensors, the model {len(wanted)} with {len(wanted) - len(body)} in its "
-                    "classifier, not counting BatchNorm counters). Is model.name the architecture the file was saved from?"
+                    f" By order, tensor #{i} does not line up: file {s} {_shape(src[s])} "
+                    f"vs model {t} {_shape(target[t])} (the file has {len(src_keys)} tensors, the model "
+                    f"{len(wanted)} with {len(wanted) - len(body)} in its classifier, not counting BatchNorm "
+                    "counters). Is model.name the architecture the file was saved from?"
                 )
             )
     if len(src_keys) != len(order):
