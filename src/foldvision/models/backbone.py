@@ -8,9 +8,9 @@ training.
 
 from __future__ import annotations
 
+import logging
 import os
-from contextlib import contextmanager, nullcontext
-from pathlib import Path
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
@@ -18,6 +18,10 @@ from omegaconf import DictConfig
 from torch import nn
 
 from foldvision.errors import FoldvisionError
+from foldvision.models.weights import LoadReport, classifier_state, init_head, load_weights
+
+__all__ = ["Classifier", "check_weights", "classifier_state", "create_backbone", "create_classifier"]
+log = logging.getLogger("foldvision")
 
 
 class Classifier(nn.Module):
@@ -79,9 +83,13 @@ def _hub_offline_when_unreachable() -> Iterator[None]:
 
 
 def create_backbone(cfg: DictConfig, num_classes: int, pretrained: bool | None = None) -> nn.Module:
-    """timm.create_model from the `model` config group; a local weights file replaces the download.
+    """timm.create_model from the `model` config group, with its starting weights.
 
-    `pretrained=False` overrides the config (predict.py loads fold weights anyway).
+    Weights, in order: `model.weights_file` when set (loaded by foldvision.models.weights, every
+    backbone tensor or an error), else timm's hub weights when `model.pretrained=true`, else a random
+    init. One `weights: ...` line says which. A new classifier on pretrained weights starts as
+    `model.head_init` says. `pretrained=False` from the caller (predict.py and the pre-flight
+    checks, which load fold weights or none) creates the bare network and logs nothing.
     """
     import timm
 
@@ -93,27 +101,59 @@ def create_backbone(cfg: DictConfig, num_classes: int, pretrained: bool | None =
         kwargs["drop_rate"] = float(cfg.drop_rate)
     if cfg.get("drop_path_rate") is not None:
         kwargs["drop_path_rate"] = float(cfg.drop_path_rate)
-    # a weights file given is loaded, whatever model.pretrained says (it names the weights to start
-    # from); pretrained=False from the caller (predict.py, the pre-flight checks) loads nothing
-    weights_file = cfg.get("weights_file") if pretrained is not False else None
-    use_pretrained = bool(weights_file) or (bool(cfg.pretrained) if pretrained is None else pretrained)
-    if use_pretrained and weights_file:
-        path = Path(weights_file).expanduser()
-        if not path.is_file():
-            raise FoldvisionError(f"model.weights_file={path} does not exist.")
-        # timm loads the file through its own pretrained path: the classifier is re-sized and
-        # the first conv adapted to in_chans exactly as for hub weights.
-        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
-    from_hub = use_pretrained and not weights_file
+    if pretrained is False:
+        return _create(cfg.name, False, kwargs)
+    # a weights file given is loaded whatever model.pretrained says (it names the weights to start from)
+    weights_file = cfg.get("weights_file")
+    head_init = str(cfg.get("head_init") or "timm")
+    if weights_file:
+        backbone = _create(cfg.name, False, kwargs)
+        report = load_weights(backbone, str(weights_file))
+        if not report.head_loaded:
+            init_head(backbone, head_init)
+        log.info("%s%s", report.line(), f", head_init={head_init}" if not report.head_loaded else "")
+        return backbone
+    if not (bool(cfg.pretrained) if pretrained is None else pretrained):
+        hint = " (timm has pretrained weights for it: model.pretrained=true)" if _has_hub_weights(cfg.name) else ""
+        log.info(
+            "weights: random init of %s, model.pretrained=false%s, head: new (%d outputs)", cfg.name, hint, num_classes
+        )
+        return _create(cfg.name, False, kwargs)
     try:
-        with _hub_offline_when_unreachable() if from_hub else nullcontext():
-            return _create(cfg.name, use_pretrained, kwargs)
+        with _hub_offline_when_unreachable():
+            backbone = _create(cfg.name, True, kwargs)
     except (OSError, RuntimeError, ValueError) as e:
-        if from_hub:
-            raise _offline_hint(cfg.name, e) from None
-        if weights_file:
-            raise FoldvisionError(f"cannot load model.weights_file={weights_file} into {cfg.name}: {e}") from None
-        raise
+        raise _offline_hint(cfg.name, e) from None
+    hub_classes = int(backbone.pretrained_cfg.get("num_classes") or 0)
+    head_loaded = hub_classes == num_classes
+    if not head_loaded:
+        init_head(backbone, head_init)
+    tag = backbone.pretrained_cfg.get("hf_hub_id") or backbone.pretrained_cfg.get("tag") or cfg.name
+    log.info(
+        "weights: all backbone tensors from the timm hub (%s), head: %s (%d outputs)%s",
+        tag, "loaded" if head_loaded else "new", num_classes, "" if head_loaded else f", head_init={head_init}",
+    )
+    return backbone
+
+
+def _has_hub_weights(name: str) -> bool:
+    import timm
+
+    return bool(timm.list_pretrained(name.split(".")[0] + "*"))
+
+
+def check_weights(cfg: DictConfig, num_classes: int = 2) -> LoadReport | None:
+    """Load `model.weights_file` into a fresh backbone and return what it covered (None: no file).
+    Raises FoldvisionError naming what does not match; run at start so a wrong file stops in
+    seconds, not after the data is read (the class count only decides whether the head is reused)."""
+    if not cfg.get("weights_file"):
+        return None
+    import timm
+
+    if not timm.is_model(cfg.name):
+        raise FoldvisionError(f"model.name={cfg.name!r} is not a timm model. See timm.list_models().")
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": int(cfg.get("in_chans", 3))}
+    return load_weights(_create(cfg.name, False, kwargs), str(cfg.weights_file))
 
 
 def _create(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
@@ -154,13 +194,3 @@ def create_classifier(model_cfg: DictConfig, num_classes: int, data_config: dict
     backbone = create_backbone(model_cfg, num_classes, pretrained=pretrained)
     data_config = data_config or resolve_data_config(model_cfg, backbone, image_size)
     return Classifier(backbone, data_config["mean"], data_config["std"]), data_config
-
-
-def classifier_state(state_dict: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
-    """The Classifier's weights from a LightningModule checkpoint: the EMA copy when training kept
-    one (model.ema=true), else the trained weights."""
-    for prefix in ("ema.module.", "model."):
-        state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        if state:
-            return state
-    raise FoldvisionError("checkpoint holds no model weights (no 'model.' or 'ema.module.' keys).")

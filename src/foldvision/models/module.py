@@ -94,13 +94,32 @@ class ClassifierModule(pl.LightningModule):
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
 
+    @property
+    def backbone_frozen(self) -> bool:
+        return self.current_epoch < self.freeze_epochs
+
     def on_train_epoch_start(self) -> None:
         if self.freeze_epochs:
             head = {id(p) for p in self.model.backbone.get_classifier().parameters()}
-            frozen = self.current_epoch < self.freeze_epochs
             for p in self.model.backbone.parameters():
                 if id(p) not in head:
-                    p.requires_grad_(not frozen)
+                    p.requires_grad_(not self.backbone_frozen)
+            self._freeze_norm_stats()
+
+    def on_validation_model_train(self) -> None:
+        super().on_validation_model_train()  # Lightning puts the whole model back in train mode
+        self._freeze_norm_stats()
+
+    def _freeze_norm_stats(self) -> None:
+        """While the backbone is frozen its BatchNorm layers run in eval mode: they normalise with
+        the pretrained running statistics and do not overwrite them with the new data's, so the
+        frozen features the head learns on are the ones the backbone has when it is unfrozen."""
+        if not self.freeze_epochs or not self.backbone_frozen or not self.model.training:
+            return
+        head = set(self.model.backbone.get_classifier().modules())
+        for m in self.model.backbone.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m not in head:
+                m.eval()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, targets = batch
@@ -118,8 +137,9 @@ class ClassifierModule(pl.LightningModule):
         self.val_metrics.reset()
 
     def configure_optimizers(self) -> Any:
-        # all of the model's parameters: frozen ones get no gradient and so no update
-        optimizer = create_optimizer(self.optimizer_cfg, list(self.model.parameters()))
+        # all of the model's parameters, in head / backbone and decay / no-decay groups: frozen ones
+        # get no gradient and so no update
+        optimizer = create_optimizer(self.optimizer_cfg, None, model=self.model)
         steps = max(1, int(self.trainer.estimated_stepping_batches) // max(1, self.trainer.max_epochs or 1))
         sched = create_scheduler(self.scheduler_cfg, optimizer, steps, int(self.trainer.max_epochs or 1), self.trainer.world_size)
         if sched is None:
