@@ -1,9 +1,11 @@
-"""Combining predictions of several models: weighted mean, geometric mean or rank average; and
-multi-label thresholds: tuned on out-of-fold predictions or given (predict.py threshold=...)."""
+"""Combining predictions of several models: weighted mean, geometric mean or rank average; run
+weights chosen on out-of-fold predictions (predict.py weights=oof); a stacker trained on them
+(stack=logreg); and multi-label thresholds: tuned on OOF predictions or given (threshold=...)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -186,3 +188,49 @@ class Stacker:
 
     def _fit(self, x: np.ndarray, y: np.ndarray) -> Any:
         return self.task.stacker(self.C).fit(x, y)
+
+
+@dataclass
+class Blend:
+    """One way of combining the members: run weights, or a fitted stacker; with its OOF probabilities."""
+
+    name: str
+    oof_probs: np.ndarray
+    weights: np.ndarray | None = None
+    stacker: Stacker | None = None
+
+    def apply(self, member_probs: Sequence[np.ndarray], average: str, task: Task) -> np.ndarray:
+        """The blend applied to other probabilities of the same members (the test set's)."""
+        if self.stacker is not None:
+            return self.stacker.predict(member_probs)
+        return combine(member_probs, self.weights, average, task)
+
+
+def blends_on_oof(
+    task: Task,
+    member_probs: Sequence[np.ndarray],
+    targets: np.ndarray,
+    folds: np.ndarray,
+    weights: Sequence[float] | str | None = None,
+    stack: str | None = None,
+    average: str = "mean",
+) -> list[Blend]:
+    """Every combination asked for, on the members' aligned OOF rows; the last one is what
+    predict.py uses: the stacker (stack=logreg), else the OOF-optimised weights (weights=oof), else
+    the given weights, else equal weights (always first: the baseline the others must beat)."""
+    n = len(member_probs)
+    equal = np.full(n, 1.0 / n)
+    blends = [Blend("equal", combine(member_probs, equal, average, task), equal)]
+    if isinstance(weights, str):
+        if weights != "oof":
+            raise FoldvisionError(f"weights={weights!r}: give one number per run, or oof.")
+        w = optimize_weights(task, member_probs, targets, average)
+        blends.append(Blend("oof_weights", combine(member_probs, w, average, task), w))
+    elif weights is not None:
+        w = np.asarray(weights, dtype=np.float64) / np.sum(weights)
+        if not np.allclose(w, equal):
+            blends.append(Blend("weights", combine(member_probs, w, average, task), w))
+    if stack:
+        stacker = Stacker(task, stack)
+        blends.append(Blend(f"stack_{stack}", stacker.fit_oof(member_probs, targets, folds), None, stacker))
+    return blends
