@@ -28,6 +28,7 @@ from foldvision.data.predict_dataset import MultiSizeDataset
 from foldvision.ensemble import Blend, blends_on_oof, combine, resolve_thresholds
 from foldvision.errors import FoldvisionError
 from foldvision.io import file_sha256, load_checkpoint, read_json, read_oof, write_csv, write_json
+from foldvision.pseudo import pseudo_table, select_confident
 from foldvision.submission import align_to_sample, format_submission, write_probabilities
 from foldvision.tasks import Task, create_task
 
@@ -425,10 +426,27 @@ def run_predict(cfg: DictConfig) -> Path:
     if report.get("ensemble"):
         write_json(pred_dir / "ensemble.json", report)
         _print_report(report, task)
+    if (cfg.get("pseudo") or {}).get("out"):
+        _write_pseudo(cfg.pseudo, runs[0], task, ids, dict(zip(test["id"], test["path"])), probs, thresholds)
     write_csv(out, submission)
     log.info("wrote %s (%d rows)", out, len(submission))
     print(f"submission: {out}")
     return out
+
+
+def _write_pseudo(pcfg: DictConfig, run: RunInfo, task: Task, ids: list[str], paths: dict[str, str],
+                  probs: np.ndarray, thresholds: np.ndarray | None) -> None:
+    """pseudo.out=FILE: the confident test predictions as a training table for data.pseudo_csv."""
+    keep = select_confident(task, probs, thresholds, pcfg.get("threshold"), pcfg.get("top_fraction"))
+    data_cfg = run.cfg.data
+    table = pseudo_table(
+        task, ids, [str(Path(paths[i]).absolute()) for i in ids], probs, thresholds, keep,
+        str(data_cfg.get("id_col") or "id"), str(data_cfg.get("label_col") or "label"),
+    )
+    out = Path(pcfg.out).absolute()
+    write_csv(out, table)
+    log.info("pseudo-labels: %d of %d test images -> %s (train with data.pseudo_csv=%s)", len(table), len(ids), out, out)
+    print(f"pseudo-labels: {out} ({len(table)} rows)")
 
 
 def _used_weights(blend: Blend, given: list[float] | str) -> list[float] | None:
