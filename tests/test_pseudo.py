@@ -39,7 +39,9 @@ def test_multilabel_table_round_trip(tmp_path: Path) -> None:
     assert keep.tolist() == [True, False, True]
     for i in range(3):
         (tmp_path / f"t{i}.png").write_bytes(b"")
-    table = pseudo_table(task, ["t0", "t1", "t2"], [str(tmp_path / f"t{i}.png") for i in range(3)], probs, thr, keep, "index", "label")
+    table = pseudo_table(
+        task, ["t0", "t1", "t2"], [str(tmp_path / f"t{i}.png") for i in range(3)], probs, thr, keep, "index", "label"
+    )
     assert table.columns.tolist() == ["index", "path", "a", "b", "c", "confidence"]
     table.to_csv(tmp_path / "pseudo.csv", index=False)
     data_cfg = OmegaConf.create({"id_col": "index"})
@@ -55,7 +57,9 @@ def test_pseudo_rows_train_every_fold_and_never_validate(folder_data: Path, tmp_
     first = tmp_path / "round0"
     run_cv(compose_cfg(*base), first)
     pseudo_csv = tmp_path / "pseudo.csv"
-    run_predict(compose_cfg(f"runs=[{first}]", f"pseudo.out={pseudo_csv}", "pseudo.top_fraction=1.0", config_name="predict"))
+    run_predict(
+        compose_cfg(f"runs=[{first}]", f"pseudo.out={pseudo_csv}", "pseudo.top_fraction=1.0", config_name="predict")
+    )
     pseudo = pd.read_csv(pseudo_csv, dtype=str)
     assert len(pseudo) == 4 and {"id", "path", "label", "confidence"} <= set(pseudo.columns)
     assert set(pseudo["label"]) <= {"cat", "dog", "fox"}

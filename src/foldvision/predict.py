@@ -51,7 +51,9 @@ class RunInfo:
         return (int(h), int(w), int(self.data_config["in_chans"]))
 
 
-def load_run(path: Path, checkpoint: str = "best", folds: list[int] | None = None, allow_missing: bool = False) -> RunInfo:
+def load_run(
+    path: Path, checkpoint: str = "best", folds: list[int] | None = None, allow_missing: bool = False
+) -> RunInfo:
     """Read a run folder; raise (listing them) if any wanted fold has no checkpoint."""
     cfg = load_run_config(path)
     if not (path / "classes.json").is_file() or not (path / "data_config.json").is_file():
@@ -164,7 +166,9 @@ def _test_table(cfg: DictConfig, run: RunInfo) -> tuple[pd.DataFrame, pd.DataFra
         sample = pd.read_csv(sp, dtype=str, keep_default_na=False)
         missing = sorted(set(sample.iloc[:, 0]) - set(test["id"]))
         if missing:
-            raise FoldvisionError(f"{sp}: {len(missing)} id(s) have no test image, e.g. {missing[:5]}. Check test_image_dir.")
+            raise FoldvisionError(
+                f"{sp}: {len(missing)} id(s) have no test image, e.g. {missing[:5]}. Check test_image_dir."
+            )
     return test, sample
 
 
@@ -189,7 +193,9 @@ def align_oof(task: Task, frames: list[pd.DataFrame]) -> tuple[np.ndarray, np.nd
     return targets, frames[0]["fold"].to_numpy(), [f[task.prob_columns()].to_numpy(dtype=np.float32) for f in frames]
 
 
-def oof_ensemble(cfg: DictConfig, runs: list[RunInfo], weights: list[float]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+def oof_ensemble(
+    cfg: DictConfig, runs: list[RunInfo], weights: list[float]
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """The weighted ensemble applied to the runs' OOF predictions (rows every run has): its
     probabilities, the targets, and each member run's probabilities."""
     targets, _, probs = align_oof(runs[0].task, [_oof(r) for r in runs])
@@ -243,18 +249,24 @@ def tta_oof_frames(
             part = oof.iloc[rows]
             model = (
                 load_fold_onnx(run, k, device, verified=run.path in verified)
-                if backend == "onnx" else load_fold_model(run, k, device, bool(cfg.fuse))
+                if backend == "onnx"
+                else load_fold_model(run, k, device, bool(cfg.fuse))
             )
             dataset = MultiSizeDataset(
                 part["path"].tolist(), [run.input_key], _oof_boxes(run, part["id"].tolist()), bbox_margin(run.cfg.data)
             )
             loader = make_loader(
-                dataset, int(cfg.batch_size or run.cfg.data.batch_size),
+                dataset,
+                int(cfg.batch_size or run.cfg.data.batch_size),
                 int(cfg.num_workers if cfg.num_workers is not None else run.cfg.data.num_workers),
             )
             per_view = predict_batches(
-                [_Viewed(model, v) for v in views], loader, run.task.activation, ("none",), device,
-                input_key=lambda i: key,
+                [_Viewed(model, v) for v in views],
+                loader,
+                run.task.activation,
+                ("none",),
+                device,
+                input_key=lambda i, key=key: key,
             )
             without.loc[rows, cols] = per_view[0]
             with_tta.loc[rows, cols] = np.mean(per_view, axis=0)
@@ -264,8 +276,14 @@ def tta_oof_frames(
     return plain, tta
 
 
-def _score_blends(task: Task, blends: list[Blend], members: list[np.ndarray], names: list[str],
-                  targets: np.ndarray, thresholds: np.ndarray | None) -> dict[str, Any]:
+def _score_blends(
+    task: Task,
+    blends: list[Blend],
+    members: list[np.ndarray],
+    names: list[str],
+    targets: np.ndarray,
+    thresholds: np.ndarray | None,
+) -> dict[str, Any]:
     """Members and combinations on the OOF rows, at the same thresholds (like for like)."""
     return {
         "members": {n: task.score(p, targets, thresholds) for n, p in zip(names, members)},
@@ -289,9 +307,13 @@ def _check_options(cfg: DictConfig, n_runs: int) -> tuple[list[float] | str, lis
     else:
         weights = [float(w) for w in raw] if raw is not None else [1.0] * n_runs
         if len(weights) != n_runs or min(weights) < 0 or sum(weights) <= 0:
-            raise FoldvisionError(f"weights={weights}: give {n_runs} non-negative number(s) (one per run) with a positive sum.")
+            raise FoldvisionError(
+                f"weights={weights}: give {n_runs} non-negative number(s) (one per run) with a positive sum."
+            )
     if cfg.get("stack") not in (None, "logreg"):
-        raise FoldvisionError(f"stack={cfg.stack!r}: use logreg (a logistic regression on the runs' OOF probabilities) or null.")
+        raise FoldvisionError(
+            f"stack={cfg.stack!r}: use logreg (a logistic regression on the runs' OOF probabilities) or null."
+        )
     folds = cfg.get("folds")
     if folds is not None:
         folds = [int(folds)] if isinstance(folds, (int, str)) else [int(f) for f in folds]
@@ -359,7 +381,8 @@ def run_predict(cfg: DictConfig) -> Path:
             "rows": len(targets),
             **_score_blends(task, blends, oof_members, names, targets, thresholds),
             "ensemble": task.score(blend.oof_probs, targets, thresholds),
-            "method": blend.name, "average": cfg.average,
+            "method": blend.name,
+            "average": cfg.average,
             "weights": _used_weights(blend, weights),
             "thresholds": thresholds,
         }
@@ -391,7 +414,10 @@ def run_predict(cfg: DictConfig) -> Path:
             "so ensemble runs with the same crop settings, or predict them apart and combine the probs.csv files."
         )
     if data_cfg.get("bbox") and data_cfg.bbox.get("columns") and table_boxes(test) is None:
-        log.warning("the runs trained on crops from data.bbox.columns, but the test CSV has no such columns: predicting whole images")
+        log.warning(
+            "the runs trained on crops from data.bbox.columns, but the test CSV has no such columns: "
+            "predicting whole images"
+        )
     margin = bbox_margin(data_cfg)
     loader = make_loader(
         MultiSizeDataset(test["path"].tolist(), keys, table_boxes(test), margin),
@@ -403,10 +429,20 @@ def run_predict(cfg: DictConfig) -> Path:
         models = [m.to(memory_format=torch.channels_last) for m in models]
     log.info(
         "predicting %d test images with %d model(s) x %d view(s) on %s (%s)",
-        len(test), len(models), len(views), device, backend,
+        len(test),
+        len(models),
+        len(views),
+        device,
+        backend,
     )
     member_probs = predict_batches(
-        models, loader, task.activation, views, device, amp=bool(cfg.amp) and on_gpu, channels_last=on_gpu,
+        models,
+        loader,
+        task.activation,
+        views,
+        device,
+        amp=bool(cfg.amp) and on_gpu,
+        channels_last=on_gpu,
         input_key=lambda i: "x".join(map(str, keys[i])),
     )
     probs = _combine_test(cfg, runs, members, member_probs, weights, blend, task)
@@ -421,7 +457,10 @@ def run_predict(cfg: DictConfig) -> Path:
     if answers is not None:  # held-out labels: score the ensemble and each fold model on them
         report["test"] = {
             "ensemble": task.score(probs, answers, thresholds),
-            "members": {f"{r.path.name}/fold_{k}": task.score(p, answers, thresholds) for (r, k), p in zip(members, member_probs)},
+            "members": {
+                f"{r.path.name}/fold_{k}": task.score(p, answers, thresholds)
+                for (r, k), p in zip(members, member_probs)
+            },
         }
     if report.get("ensemble"):
         write_json(pred_dir / "ensemble.json", report)
@@ -434,18 +473,33 @@ def run_predict(cfg: DictConfig) -> Path:
     return out
 
 
-def _write_pseudo(pcfg: DictConfig, run: RunInfo, task: Task, ids: list[str], paths: dict[str, str],
-                  probs: np.ndarray, thresholds: np.ndarray | None) -> None:
+def _write_pseudo(
+    pcfg: DictConfig,
+    run: RunInfo,
+    task: Task,
+    ids: list[str],
+    paths: dict[str, str],
+    probs: np.ndarray,
+    thresholds: np.ndarray | None,
+) -> None:
     """pseudo.out=FILE: the confident test predictions as a training table for data.pseudo_csv."""
     keep = select_confident(task, probs, thresholds, pcfg.get("threshold"), pcfg.get("top_fraction"))
     data_cfg = run.cfg.data
     table = pseudo_table(
-        task, ids, [str(Path(paths[i]).absolute()) for i in ids], probs, thresholds, keep,
-        str(data_cfg.get("id_col") or "id"), str(data_cfg.get("label_col") or "label"),
+        task,
+        ids,
+        [str(Path(paths[i]).absolute()) for i in ids],
+        probs,
+        thresholds,
+        keep,
+        str(data_cfg.get("id_col") or "id"),
+        str(data_cfg.get("label_col") or "label"),
     )
     out = Path(pcfg.out).absolute()
     write_csv(out, table)
-    log.info("pseudo-labels: %d of %d test images -> %s (train with data.pseudo_csv=%s)", len(table), len(ids), out, out)
+    log.info(
+        "pseudo-labels: %d of %d test images -> %s (train with data.pseudo_csv=%s)", len(table), len(ids), out, out
+    )
     print(f"pseudo-labels: {out} ({len(table)} rows)")
 
 
@@ -458,13 +512,21 @@ def _used_weights(blend: Blend, given: list[float] | str) -> list[float] | None:
     return [round(float(w), 6) for w in blend.weights]
 
 
-def _combine_test(cfg: DictConfig, runs: list[RunInfo], members: list[tuple[RunInfo, int]],
-                  member_probs: list[np.ndarray], weights: list[float] | str, blend: Blend | None, task: Task) -> np.ndarray:
+def _combine_test(
+    cfg: DictConfig,
+    runs: list[RunInfo],
+    members: list[tuple[RunInfo, int]],
+    member_probs: list[np.ndarray],
+    weights: list[float] | str,
+    blend: Blend | None,
+    task: Task,
+) -> np.ndarray:
     """The test probabilities: the fold models of a run share the run's weight (given, or the
     blend's), combined in one step; a stacker takes each run's fold average instead."""
     if blend is not None and blend.stacker is not None:
         runs_probs = [
-            combine([p for (r, _), p in zip(members, member_probs) if r is run], None, cfg.average, task) for run in runs
+            combine([p for (r, _), p in zip(members, member_probs) if r is run], None, cfg.average, task)
+            for run in runs
         ]
         return blend.stacker.predict(runs_probs)
     run_weights = blend.weights if blend is not None and blend.name != "equal" else weights
@@ -528,6 +590,10 @@ def _print_report(report: dict[str, Any], task: Task) -> None:
         members = report["test"]["members"]
         for name, scores in members.items():
             t.add_row(name, *[f"{scores[m]:.4f}" for m in metrics])
-        t.add_row("mean of single models", *[f"{np.mean([s[m] for s in members.values()]):.4f}" for m in metrics], style="bold")
+        t.add_row(
+            "mean of single models",
+            *[f"{np.mean([s[m] for s in members.values()]):.4f}" for m in metrics],
+            style="bold",
+        )
         t.add_row("ensemble", *[f"{report['test']['ensemble'][m]:.4f}" for m in metrics], style="bold green")
         console.print(t)

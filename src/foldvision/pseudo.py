@@ -22,8 +22,11 @@ from foldvision.tasks import Task
 
 
 def select_confident(
-    task: Task, probs: np.ndarray, thresholds: np.ndarray | None,
-    threshold: float | None = None, top_fraction: float | None = None,
+    task: Task,
+    probs: np.ndarray,
+    thresholds: np.ndarray | None,
+    threshold: float | None = None,
+    top_fraction: float | None = None,
 ) -> np.ndarray:
     """Rows to keep: confidence >= `threshold`, and/or within the `top_fraction` most confident of
     their group (predicted class; multi-label: predicted label set), so rare classes get their share."""
@@ -48,8 +51,14 @@ def select_confident(
 
 
 def pseudo_table(
-    task: Task, ids: list[str], paths: list[str], probs: np.ndarray, thresholds: np.ndarray | None,
-    keep: np.ndarray, id_col: str, label_col: str,
+    task: Task,
+    ids: list[str],
+    paths: list[str],
+    probs: np.ndarray,
+    thresholds: np.ndarray | None,
+    keep: np.ndarray,
+    id_col: str,
+    label_col: str,
 ) -> pd.DataFrame:
     """The kept rows as a training table (see the module docstring)."""
     confidence, _ = task.pseudo_confidence(np.asarray(probs, dtype=np.float32), thresholds)

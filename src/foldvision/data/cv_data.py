@@ -130,7 +130,8 @@ def check_task_fits_data(cfg: DictConfig, targets: np.ndarray) -> None:
     if cfg.data.source == "folder":
         raise FoldvisionError(
             "data=folder gives every image exactly one class (its sub-folder), but task=multilabel trains one "
-            "independent sigmoid per class. Use task=multiclass, or a CSV layout (data=csv / data=multihot) for multi-label data."
+            "independent sigmoid per class. Use task=multiclass, or a CSV layout (data=csv / data=multihot) "
+            "for multi-label data."
         )
     if len(targets) and (targets.sum(axis=1) == 1).all():
         log.warning(
@@ -164,5 +165,7 @@ def load_cv_data(cfg: DictConfig, run_dir: Path | None = None) -> CVData:
     if cfg.data.get("pseudo_csv"):  # after the folds: the fold file is the labelled data's alone
         pseudo_file = data_path(cfg.data, cfg.data.pseudo_csv)
         data.pseudo_paths, data.pseudo_targets = read_pseudo(cfg.data, pseudo_file, task, data.ids)
-        log.info("%d pseudo-labelled image(s) from %s join every fold's training rows", len(data.pseudo_paths), pseudo_file)
+        log.info(
+            "%d pseudo-labelled image(s) from %s join every fold's training rows", len(data.pseudo_paths), pseudo_file
+        )
     return data
