@@ -68,7 +68,7 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
     if global_rank() == 0:
         write_json(run_dir / "data_config.json", data_config)
     is_train, is_val = data.folds != fold, data.folds == fold
-    train_set = data.dataset(cfg, data_config, is_train, train=True)
+    train_set = data.dataset(cfg, data_config, is_train, train=True, pseudo=True)  # + data.pseudo_csv rows
     val_set = data.dataset(cfg, data_config, is_val)
     dm = FoldDataModule(
         train_set, val_set, int(cfg.data.batch_size), int(cfg.data.num_workers),
@@ -120,7 +120,8 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
         "epochs_trained": int(trainer.current_epoch),
         "max_epochs": int(trainer.max_epochs or 0),  # a resumed run may train later folds longer
         "best_checkpoint": best.name,
-        "n_train": int(is_train.sum()),
+        "n_train": len(train_set),
+        "n_pseudo": len(data.pseudo_paths),
         "n_val": int(is_val.sum()),
         "train_seconds": round(train_seconds, 1),
         **memory_mb(),

@@ -1,9 +1,11 @@
-"""Combining predictions of several models: weighted mean, geometric mean or rank average; and
-multi-label thresholds: tuned on out-of-fold predictions or given (predict.py threshold=...)."""
+"""Combining predictions of several models: weighted mean, geometric mean or rank average; run
+weights chosen on out-of-fold predictions (predict.py weights=oof); a stacker trained on them
+(stack=logreg); and multi-label thresholds: tuned on OOF predictions or given (threshold=...)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -94,3 +96,141 @@ def resolve_thresholds(
     if values.size != n:
         raise FoldvisionError(f"threshold has {values.size} values for {n} labels.")
     return values
+
+
+def _objective(task: Task, probs: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
+    """(main metric, -log-loss): the log-loss breaks ties where the metric plateaus (accuracy
+    moves in steps of one row, so many weightings score the same)."""
+    return task.score(probs, targets)[task.main_metric], -float(task.row_loss(probs, targets).mean())
+
+
+def optimize_weights(
+    task: Task,
+    member_probs: Sequence[np.ndarray],
+    targets: np.ndarray,
+    method: str = "mean",
+    max_iter: int = 100,
+    patience: int = 20,
+) -> np.ndarray:
+    """Member weights (summing to 1) maximising the task's main metric of the combined OOF
+    probabilities: greedy ensemble selection with replacement (Caruana et al. 2004, "Ensemble
+    Selection from Libraries of Models"). Start from the best member; each step adds the member
+    whose addition scores best; the weights are the counts of the best bag seen. A member that only
+    hurts is never added, so it gets weight 0. Stops `patience` steps after the last improvement."""
+    if len(member_probs) == 0:
+        raise FoldvisionError("optimize_weights needs at least one member.")
+    counts = np.zeros(len(member_probs), dtype=np.int64)
+    singles = [_objective(task, combine([p], None, method, task), targets) for p in member_probs]
+    counts[max(range(len(singles)), key=singles.__getitem__)] = 1
+    best, best_counts, since = max(singles), counts.copy(), 0
+    for _ in range(max_iter):
+        trials = []
+        for m in range(len(member_probs)):
+            c = counts.copy()
+            c[m] += 1
+            trials.append((_objective(task, combine(member_probs, c, method, task), targets), m))
+        score, m = max(trials, key=lambda t: t[0])
+        counts[m] += 1
+        if score > best:
+            best, best_counts, since = score, counts.copy(), 0
+        else:
+            since += 1
+            if since >= patience:
+                break
+    return best_counts / best_counts.sum()
+
+
+def _stack_features(member_probs: Sequence[np.ndarray]) -> np.ndarray:
+    """Log-probabilities of every member side by side: a logistic regression on them is a
+    weighted geometric blend per class (and more)."""
+    return np.concatenate([np.log(np.clip(np.asarray(p, np.float64), 1e-6, 1.0)) for p in member_probs], axis=1)
+
+
+def _stack_proba(model: Any, x: np.ndarray, n_outputs: int) -> np.ndarray:
+    """The stacker's probabilities with one column per output, also when a class was absent from
+    its training rows (sklearn then returns columns only for the classes it saw)."""
+    p = model.predict_proba(x)
+    out = np.zeros((len(x), n_outputs), dtype=np.float64)
+    out[:, np.asarray(model.classes_, dtype=np.int64)] = p
+    return out.astype(np.float32)
+
+
+class Stacker:
+    """A second-level model on the members' OOF probabilities (`predict.py stack=logreg`).
+
+    `fit_oof` scores it honestly: for each fold of the OOF rows' own fold assignment it is fitted on
+    the other folds' rows and predicts the held-out fold; then it is refitted on every row to apply
+    to the test probabilities (`predict`)."""
+
+    def __init__(self, task: Task, kind: str = "logreg", C: float = 1.0) -> None:
+        if kind != "logreg":
+            raise FoldvisionError(f"stack={kind!r}: the stacker is logreg (or null for none).")
+        self.task, self.kind, self.C = task, kind, float(C)
+        self.model: Any = None
+
+    def fit_oof(self, member_probs: Sequence[np.ndarray], targets: np.ndarray, folds: np.ndarray) -> np.ndarray:
+        """Held-out probabilities of every OOF row (fold by fold); then fit on all rows."""
+        x, y = _stack_features(member_probs), np.asarray(targets).astype(np.int64)
+        folds = np.asarray(folds)
+        if len(np.unique(folds)) < 2:
+            raise FoldvisionError("stack=logreg needs OOF rows from at least 2 folds for its inner CV.")
+        out = np.zeros((len(x), self.task.num_outputs), dtype=np.float32)
+        for k in np.unique(folds):
+            held = folds == k
+            out[held] = _stack_proba(self._fit(x[~held], y[~held]), x[held], self.task.num_outputs)
+        self.model = self._fit(x, y)
+        return out
+
+    def predict(self, member_probs: Sequence[np.ndarray]) -> np.ndarray:
+        if self.model is None:
+            raise FoldvisionError("the stacker is not fitted: call fit_oof first.")
+        return _stack_proba(self.model, _stack_features(member_probs), self.task.num_outputs)
+
+    def _fit(self, x: np.ndarray, y: np.ndarray) -> Any:
+        return self.task.stacker(self.C).fit(x, y)
+
+
+@dataclass
+class Blend:
+    """One way of combining the members: run weights, or a fitted stacker; with its OOF probabilities."""
+
+    name: str
+    oof_probs: np.ndarray
+    weights: np.ndarray | None = None
+    stacker: Stacker | None = None
+
+    def apply(self, member_probs: Sequence[np.ndarray], average: str, task: Task) -> np.ndarray:
+        """The blend applied to other probabilities of the same members (the test set's)."""
+        if self.stacker is not None:
+            return self.stacker.predict(member_probs)
+        return combine(member_probs, self.weights, average, task)
+
+
+def blends_on_oof(
+    task: Task,
+    member_probs: Sequence[np.ndarray],
+    targets: np.ndarray,
+    folds: np.ndarray,
+    weights: Sequence[float] | str | None = None,
+    stack: str | None = None,
+    average: str = "mean",
+) -> list[Blend]:
+    """Every combination asked for, on the members' aligned OOF rows; the last one is what
+    predict.py uses: the stacker (stack=logreg), else the OOF-optimised weights (weights=oof), else
+    the given weights, else equal weights (always first: the baseline the others must beat)."""
+    n = len(member_probs)
+    equal = np.full(n, 1.0 / n)
+    blends = [Blend("equal", combine(member_probs, equal, average, task), equal)]
+    if isinstance(weights, str):
+        if weights != "oof":
+            raise FoldvisionError(f"weights={weights!r}: give one number per run, or oof.")
+        w = optimize_weights(task, member_probs, targets, average)
+        blends.append(Blend("oof_weights", combine(member_probs, w, average, task), w))
+    elif weights is not None:
+        w = np.asarray(weights, dtype=np.float64) / np.sum(weights)
+        if not np.allclose(w, equal):
+            blends.append(Blend("weights", combine(member_probs, w, average, task), w))
+    if stack:
+        stacker = Stacker(task, stack)
+        blends.append(Blend(f"stack_{stack}", stacker.fit_oof(member_probs, targets, folds), None, stacker))
+    return blends

@@ -25,9 +25,10 @@ from foldvision.bundle import bundled_runs
 from foldvision.config import load_run_config
 from foldvision.data.boxes import bbox_margin
 from foldvision.data.predict_dataset import MultiSizeDataset
-from foldvision.ensemble import combine, resolve_thresholds
+from foldvision.ensemble import Blend, blends_on_oof, combine, resolve_thresholds
 from foldvision.errors import FoldvisionError
 from foldvision.io import file_sha256, load_checkpoint, read_json, read_oof, write_csv, write_json
+from foldvision.pseudo import pseudo_table, select_confident
 from foldvision.submission import align_to_sample, format_submission, write_probabilities
 from foldvision.tasks import Task, create_task
 
@@ -50,7 +51,9 @@ class RunInfo:
         return (int(h), int(w), int(self.data_config["in_chans"]))
 
 
-def load_run(path: Path, checkpoint: str = "best", folds: list[int] | None = None, allow_missing: bool = False) -> RunInfo:
+def load_run(
+    path: Path, checkpoint: str = "best", folds: list[int] | None = None, allow_missing: bool = False
+) -> RunInfo:
     """Read a run folder; raise (listing them) if any wanted fold has no checkpoint."""
     cfg = load_run_config(path)
     if not (path / "classes.json").is_file() or not (path / "data_config.json").is_file():
@@ -163,7 +166,9 @@ def _test_table(cfg: DictConfig, run: RunInfo) -> tuple[pd.DataFrame, pd.DataFra
         sample = pd.read_csv(sp, dtype=str, keep_default_na=False)
         missing = sorted(set(sample.iloc[:, 0]) - set(test["id"]))
         if missing:
-            raise FoldvisionError(f"{sp}: {len(missing)} id(s) have no test image, e.g. {missing[:5]}. Check test_image_dir.")
+            raise FoldvisionError(
+                f"{sp}: {len(missing)} id(s) have no test image, e.g. {missing[:5]}. Check test_image_dir."
+            )
     return test, sample
 
 
@@ -174,28 +179,141 @@ def _oof(run: RunInfo) -> pd.DataFrame:
     return read_oof(path)
 
 
-def oof_ensemble(cfg: DictConfig, runs: list[RunInfo], weights: list[float]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """The ensemble applied to the runs' OOF predictions (rows every run has): its probabilities,
-    the targets, and each member run's probabilities."""
-    task = runs[0].task
-    oofs = [_oof(r).set_index("id") for r in runs]
-    common = oofs[0].index
-    for o in oofs[1:]:
-        common = common.intersection(o.index)
+def align_oof(task: Task, frames: list[pd.DataFrame]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The members' OOF rows aligned by id (the ids every member has): targets, fold of each row
+    (the first member's), and each member's probabilities."""
+    frames = [f.set_index("id") for f in frames]
+    common = frames[0].index
+    for f in frames[1:]:
+        common = common.intersection(f.index)
     if len(common) == 0:
         raise FoldvisionError("the runs' oof.csv files share no ids: were they trained on the same data?")
-    oofs = [o.loc[common] for o in oofs]
-    targets = task.targets_from_columns(oofs[0])
-    members = {str(r.path): o[task.prob_columns()].to_numpy(dtype=np.float32) for r, o in zip(runs, oofs)}
-    probs = combine(list(members.values()), weights, cfg.average, task)
-    return probs, targets, members
+    frames = [f.loc[common] for f in frames]
+    targets = task.targets_from_columns(frames[0])
+    return targets, frames[0]["fold"].to_numpy(), [f[task.prob_columns()].to_numpy(dtype=np.float32) for f in frames]
 
 
-def _check_options(cfg: DictConfig, n_runs: int) -> tuple[list[float], list[int] | None]:
-    """Run weights and fold subset, validated before any model is loaded."""
-    weights = [float(w) for w in cfg.weights] if cfg.get("weights") is not None else [1.0] * n_runs
-    if len(weights) != n_runs or min(weights) < 0 or sum(weights) <= 0:
-        raise FoldvisionError(f"weights={weights}: give {n_runs} non-negative number(s) (one per run) with a positive sum.")
+def oof_ensemble(
+    cfg: DictConfig, runs: list[RunInfo], weights: list[float]
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The weighted ensemble applied to the runs' OOF predictions (rows every run has): its
+    probabilities, the targets, and each member run's probabilities."""
+    targets, _, probs = align_oof(runs[0].task, [_oof(r) for r in runs])
+    return combine(probs, weights, cfg.average, runs[0].task), targets, dict(zip([str(r.path) for r in runs], probs))
+
+
+class _Viewed:
+    """A model fed one TTA view: predict_batches then returns every view's probabilities apart,
+    from one decode and through the same code as the test set."""
+
+    def __init__(self, model: Any, view: str) -> None:
+        self.model, self.view = model, view
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        from foldvision.inference import VIEWS
+
+        return self.model(VIEWS[self.view](x))
+
+
+def _oof_boxes(run: RunInfo, ids: list[str]) -> np.ndarray | None:
+    """The crop boxes of the run's training rows `ids` (None when the run did not crop)."""
+    from foldvision.data.sources import read_table, table_boxes
+
+    bbox = run.cfg.data.get("bbox") or {}
+    if not (bbox.get("columns") or bbox.get("voc_dir")):
+        return None
+    train = read_table(run.cfg.data).train.astype({"id": str}).set_index("id")
+    return table_boxes(train.loc[ids].reset_index())
+
+
+def tta_oof_frames(
+    cfg: DictConfig, runs: list[RunInfo], views: list[str], device: torch.device, backend: str, verified: set[Path]
+) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
+    """Each run's OOF rows re-predicted by the fold model that held them out, through the test
+    set's path (MultiSizeDataset, predict_batches): (frames of the identity view, frames averaged
+    over the TTA `views`). Rows of folds without a checkpoint here are left out."""
+    from foldvision.data.datamodule import make_loader
+    from foldvision.inference import predict_batches
+
+    plain, tta = [], []
+    for run in runs:
+        oof = _oof(run)
+        oof = oof[oof["fold"].isin(list(run.checkpoints))].reset_index(drop=True)
+        cols = run.task.prob_columns()
+        without, with_tta = oof.copy(), oof.copy()
+        key = "x".join(map(str, run.input_key))
+        for k in sorted(run.checkpoints):
+            rows = np.flatnonzero(oof["fold"].to_numpy() == k)
+            if not len(rows):
+                continue
+            part = oof.iloc[rows]
+            model = (
+                load_fold_onnx(run, k, device, verified=run.path in verified)
+                if backend == "onnx"
+                else load_fold_model(run, k, device, bool(cfg.fuse))
+            )
+            dataset = MultiSizeDataset(
+                part["path"].tolist(), [run.input_key], _oof_boxes(run, part["id"].tolist()), bbox_margin(run.cfg.data)
+            )
+            loader = make_loader(
+                dataset,
+                int(cfg.batch_size or run.cfg.data.batch_size),
+                int(cfg.num_workers if cfg.num_workers is not None else run.cfg.data.num_workers),
+            )
+            per_view = predict_batches(
+                [_Viewed(model, v) for v in views],
+                loader,
+                run.task.activation,
+                ("none",),
+                device,
+                input_key=lambda i, key=key: key,
+            )
+            without.loc[rows, cols] = per_view[0]
+            with_tta.loc[rows, cols] = np.mean(per_view, axis=0)
+            log.info("%s fold %d: %d OOF rows re-predicted with %d view(s)", run.path.name, k, len(rows), len(views))
+        plain.append(without)
+        tta.append(with_tta)
+    return plain, tta
+
+
+def _score_blends(
+    task: Task,
+    blends: list[Blend],
+    members: list[np.ndarray],
+    names: list[str],
+    targets: np.ndarray,
+    thresholds: np.ndarray | None,
+) -> dict[str, Any]:
+    """Members and combinations on the OOF rows, at the same thresholds (like for like)."""
+    return {
+        "members": {n: task.score(p, targets, thresholds) for n, p in zip(names, members)},
+        "combinations": {
+            b.name: {
+                "oof": task.score(b.oof_probs, targets, thresholds),
+                "weights": None if b.weights is None else [round(float(w), 6) for w in b.weights],
+            }
+            for b in blends
+        },
+    }
+
+
+def _check_options(cfg: DictConfig, n_runs: int) -> tuple[list[float] | str, list[int] | None]:
+    """Run weights (or "oof") and fold subset, validated before any model is loaded."""
+    raw = cfg.get("weights")
+    if isinstance(raw, str):
+        if raw != "oof":
+            raise FoldvisionError(f"weights={raw!r}: give one number per run, or oof (chosen on the OOF predictions).")
+        weights: list[float] | str = raw
+    else:
+        weights = [float(w) for w in raw] if raw is not None else [1.0] * n_runs
+        if len(weights) != n_runs or min(weights) < 0 or sum(weights) <= 0:
+            raise FoldvisionError(
+                f"weights={weights}: give {n_runs} non-negative number(s) (one per run) with a positive sum."
+            )
+    if cfg.get("stack") not in (None, "logreg"):
+        raise FoldvisionError(
+            f"stack={cfg.stack!r}: use logreg (a logistic regression on the runs' OOF probabilities) or null."
+        )
     folds = cfg.get("folds")
     if folds is not None:
         folds = [int(folds)] if isinstance(folds, (int, str)) else [int(f) for f in folds]
@@ -235,23 +353,49 @@ def run_predict(cfg: DictConfig) -> Path:
     views = resolve_views(cfg.tta if cfg.get("tta") else None)  # a list, or one name (tta=hflip)
     device = _device(cfg.device)
 
-    # OOF check first: the ensemble's CV score next to each member's, and tuned thresholds.
+    # OOF first: the combinations (equal, given or OOF-optimised weights, stacker) scored next to
+    # each member on the rows every run predicted out of fold; the last one asked for is used.
+    names = [str(r.path) for r in runs]
+    report: dict[str, Any] = {}
+    needs_oof = cfg.get("threshold") == "oof" or weights == "oof" or bool(cfg.get("stack")) or bool(cfg.get("tta_oof"))
     try:
-        oof_probs, oof_targets, oof_members = oof_ensemble(cfg, runs, weights)
+        frames = [_oof(r) for r in runs]
     except FoldvisionError as e:
-        if cfg.get("threshold") == "oof":
+        if needs_oof:
             raise
         log.warning("no OOF ensemble check: %s", e)
-        oof_probs = oof_targets = None
-    thresholds = resolve_thresholds(cfg.get("threshold"), bool(cfg.threshold_per_label), task, oof_probs, oof_targets)
-    report: dict[str, Any] = {}
-    if oof_probs is not None:  # members at the ensemble's thresholds: a like-for-like comparison
+        frames = None
+    blend: Blend | None = None
+    if frames is None:
+        thresholds = resolve_thresholds(cfg.get("threshold"), bool(cfg.threshold_per_label), task, None, None)
+    if frames is not None:
+        if cfg.get("tta_oof"):  # score (and choose) on OOF rows predicted exactly as the test rows
+            plain, frames = tta_oof_frames(cfg, runs, views, device, backend, verified)
+        targets, oof_folds, oof_members = align_oof(task, frames)
+        blends = blends_on_oof(task, oof_members, targets, oof_folds, weights, cfg.get("stack"), cfg.average)
+        blend = blends[-1]
+        thresholds = resolve_thresholds(
+            cfg.get("threshold"), bool(cfg.threshold_per_label), task, blend.oof_probs, targets
+        )
         report = {
-            "rows": len(oof_targets),
-            "members": {name: task.score(p, oof_targets, thresholds) for name, p in oof_members.items()},
-            "ensemble": task.score(oof_probs, oof_targets, thresholds),
-            "average": cfg.average, "weights": weights, "thresholds": thresholds,
+            "rows": len(targets),
+            **_score_blends(task, blends, oof_members, names, targets, thresholds),
+            "ensemble": task.score(blend.oof_probs, targets, thresholds),
+            "method": blend.name,
+            "average": cfg.average,
+            "weights": _used_weights(blend, weights),
+            "thresholds": thresholds,
         }
+        if cfg.get("tta_oof"):
+            p_targets, p_folds, p_members = align_oof(task, plain)
+            p_blends = blends_on_oof(task, p_members, p_targets, p_folds, weights, cfg.get("stack"), cfg.average)
+            report["tta_oof"] = {
+                "views": views,
+                "without_tta": _score_blends(task, p_blends, p_members, names, p_targets, thresholds),
+                "with_tta": _score_blends(task, blends, oof_members, names, targets, thresholds),
+            }
+        if blend.weights is not None and blend.name != "equal":
+            log.info("run weights (%s): %s", blend.name, dict(zip(names, np.round(blend.weights, 4).tolist())))
 
     test, sample = _test_table(cfg, runs[0])
     members = [(r, k) for r in runs for k in sorted(r.checkpoints)]
@@ -270,7 +414,10 @@ def run_predict(cfg: DictConfig) -> Path:
             "so ensemble runs with the same crop settings, or predict them apart and combine the probs.csv files."
         )
     if data_cfg.get("bbox") and data_cfg.bbox.get("columns") and table_boxes(test) is None:
-        log.warning("the runs trained on crops from data.bbox.columns, but the test CSV has no such columns: predicting whole images")
+        log.warning(
+            "the runs trained on crops from data.bbox.columns, but the test CSV has no such columns: "
+            "predicting whole images"
+        )
     margin = bbox_margin(data_cfg)
     loader = make_loader(
         MultiSizeDataset(test["path"].tolist(), keys, table_boxes(test), margin),
@@ -282,15 +429,23 @@ def run_predict(cfg: DictConfig) -> Path:
         models = [m.to(memory_format=torch.channels_last) for m in models]
     log.info(
         "predicting %d test images with %d model(s) x %d view(s) on %s (%s)",
-        len(test), len(models), len(views), device, backend,
+        len(test),
+        len(models),
+        len(views),
+        device,
+        backend,
     )
     member_probs = predict_batches(
-        models, loader, task.activation, views, device, amp=bool(cfg.amp) and on_gpu, channels_last=on_gpu,
+        models,
+        loader,
+        task.activation,
+        views,
+        device,
+        amp=bool(cfg.amp) and on_gpu,
+        channels_last=on_gpu,
         input_key=lambda i: "x".join(map(str, keys[i])),
     )
-    # fold models of a run share the run's weight; members are combined in one step
-    member_weights = [weights[runs.index(r)] / len(r.checkpoints) for r, _ in members]
-    probs = combine(member_probs, member_weights, cfg.average, task)
+    probs = _combine_test(cfg, runs, members, member_probs, weights, blend, task)
 
     out = Path(cfg.out).absolute() if cfg.get("out") else runs[0].path / "predictions" / "submission.csv"
     pred_dir = out.parent
@@ -302,15 +457,81 @@ def run_predict(cfg: DictConfig) -> Path:
     if answers is not None:  # held-out labels: score the ensemble and each fold model on them
         report["test"] = {
             "ensemble": task.score(probs, answers, thresholds),
-            "members": {f"{r.path.name}/fold_{k}": task.score(p, answers, thresholds) for (r, k), p in zip(members, member_probs)},
+            "members": {
+                f"{r.path.name}/fold_{k}": task.score(p, answers, thresholds)
+                for (r, k), p in zip(members, member_probs)
+            },
         }
     if report.get("ensemble"):
         write_json(pred_dir / "ensemble.json", report)
         _print_report(report, task)
+    if (cfg.get("pseudo") or {}).get("out"):
+        _write_pseudo(cfg.pseudo, runs[0], task, ids, dict(zip(test["id"], test["path"])), probs, thresholds)
     write_csv(out, submission)
     log.info("wrote %s (%d rows)", out, len(submission))
     print(f"submission: {out}")
     return out
+
+
+def _write_pseudo(
+    pcfg: DictConfig,
+    run: RunInfo,
+    task: Task,
+    ids: list[str],
+    paths: dict[str, str],
+    probs: np.ndarray,
+    thresholds: np.ndarray | None,
+) -> None:
+    """pseudo.out=FILE: the confident test predictions as a training table for data.pseudo_csv."""
+    keep = select_confident(task, probs, thresholds, pcfg.get("threshold"), pcfg.get("top_fraction"))
+    data_cfg = run.cfg.data
+    table = pseudo_table(
+        task,
+        ids,
+        [str(Path(paths[i]).absolute()) for i in ids],
+        probs,
+        thresholds,
+        keep,
+        str(data_cfg.get("id_col") or "id"),
+        str(data_cfg.get("label_col") or "label"),
+    )
+    out = Path(pcfg.out).absolute()
+    write_csv(out, table)
+    log.info(
+        "pseudo-labels: %d of %d test images -> %s (train with data.pseudo_csv=%s)", len(table), len(ids), out, out
+    )
+    print(f"pseudo-labels: {out} ({len(table)} rows)")
+
+
+def _used_weights(blend: Blend, given: list[float] | str) -> list[float] | None:
+    """The run weights ensemble.json reports: as given, the OOF-optimised ones, or none (stacker)."""
+    if blend.stacker is not None:
+        return None
+    if isinstance(given, list) and blend.name != "oof_weights":
+        return given
+    return [round(float(w), 6) for w in blend.weights]
+
+
+def _combine_test(
+    cfg: DictConfig,
+    runs: list[RunInfo],
+    members: list[tuple[RunInfo, int]],
+    member_probs: list[np.ndarray],
+    weights: list[float] | str,
+    blend: Blend | None,
+    task: Task,
+) -> np.ndarray:
+    """The test probabilities: the fold models of a run share the run's weight (given, or the
+    blend's), combined in one step; a stacker takes each run's fold average instead."""
+    if blend is not None and blend.stacker is not None:
+        runs_probs = [
+            combine([p for (r, _), p in zip(members, member_probs) if r is run], None, cfg.average, task)
+            for run in runs
+        ]
+        return blend.stacker.predict(runs_probs)
+    run_weights = blend.weights if blend is not None and blend.name != "equal" else weights
+    member_weights = [float(run_weights[runs.index(r)]) / len(r.checkpoints) for r, _ in members]
+    return combine(member_probs, member_weights, cfg.average, task)
 
 
 def _answers(cfg: DictConfig, run: RunInfo, task: Task, ids: list[str]) -> np.ndarray | None:
@@ -342,11 +563,23 @@ def _print_report(report: dict[str, Any], task: Task) -> None:
     table.add_column("member")
     for m in metrics:
         table.add_column(m, justify="right")
+    tta = report.get("tta_oof")
+    plain = tta["without_tta"] if tta else None
     for name, scores in report["members"].items():
         table.add_row(Path(name).name, *[f"{scores[m]:.4f}" for m in metrics])
-    table.add_row("ensemble", *[f"{report['ensemble'][m]:.4f}" for m in metrics], style="bold green")
+        if plain:
+            table.add_row("  without TTA", *[f"{plain['members'][name][m]:.4f}" for m in metrics], style="dim")
+    for name, combo in report["combinations"].items():
+        used = name == report["method"]
+        weights = "" if combo["weights"] is None else " [" + ", ".join(f"{w:.2f}" for w in combo["weights"]) + "]"
+        label = f"{name}{weights}{' (used)' if used else ''}"
+        table.add_row(label, *[f"{combo['oof'][m]:.4f}" for m in metrics], style="bold green" if used else None)
+        if plain and name in plain["combinations"]:
+            row = plain["combinations"][name]["oof"]
+            table.add_row("  without TTA", *[f"{row[m]:.4f}" for m in metrics], style="dim")
     console = Console(width=110)
-    console.print(f"[bold]OOF score of the ensemble and its members ({report['rows']} rows)[/bold]")
+    views = f", OOF re-predicted with views {tta['views']}" if tta else ""
+    console.print(f"[bold]OOF score of the members and the ensembles ({report['rows']} rows{views})[/bold]")
     console.print(table)
     if "test" in report:
         console.print("[bold]Score on the test answers[/bold]")
@@ -357,6 +590,10 @@ def _print_report(report: dict[str, Any], task: Task) -> None:
         members = report["test"]["members"]
         for name, scores in members.items():
             t.add_row(name, *[f"{scores[m]:.4f}" for m in metrics])
-        t.add_row("mean of single models", *[f"{np.mean([s[m] for s in members.values()]):.4f}" for m in metrics], style="bold")
+        t.add_row(
+            "mean of single models",
+            *[f"{np.mean([s[m] for s in members.values()]):.4f}" for m in metrics],
+            style="bold",
+        )
         t.add_row("ensemble", *[f"{report['test']['ensemble'][m]:.4f}" for m in metrics], style="bold green")
         console.print(t)

@@ -120,6 +120,23 @@ class Task:
         """The submission's value columns (named after `value_cols` when a sample gives them)."""
         raise NotImplementedError
 
+    def stacker(self, C: float = 1.0):
+        """The sklearn model `predict.py stack=logreg` fits on the members' OOF probabilities."""
+        raise NotImplementedError
+
+    def pseudo_confidence(self, probs: np.ndarray, thresholds: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Per test row: how sure the ensemble is (in [0, 1]) and the group a per-class top fraction
+        is taken from (pseudo-labelling)."""
+        raise NotImplementedError
+
+    def label_table(self, probs: np.ndarray, thresholds: np.ndarray | None, label_col: str) -> pd.DataFrame:
+        """Decoded predictions as label column(s) a training table of this task reads back."""
+        raise NotImplementedError
+
+    def labels_from_table(self, df: pd.DataFrame, label_col: str, source: str) -> pd.Series | pd.DataFrame:
+        """The labels of a table written by `label_table` (or by hand), ready for `encode`."""
+        raise NotImplementedError
+
     def _unfit_sample(self, value_cols: list[str]) -> FoldvisionError:
         unknown = sorted(set(value_cols) - set(self.classes))
         return FoldvisionError(
@@ -238,6 +255,22 @@ class MulticlassTask(Task):
     def caption(self, probs, target):
         j = int(np.argmax(probs))
         return f"true {self.classes[int(target)]}\npred {self.classes[j]} ({probs[j]:.2f})"
+
+    def stacker(self, C=1.0):
+        from sklearn.linear_model import LogisticRegression  # deferred: only stacking needs sklearn
+
+        return LogisticRegression(C=C, max_iter=2000)  # multinomial softmax over the classes
+
+    def pseudo_confidence(self, probs, thresholds):
+        return probs.max(1), probs.argmax(1)  # top probability; grouped by predicted class
+
+    def label_table(self, probs, thresholds, label_col):
+        return pd.DataFrame({label_col: self.decode(probs)})
+
+    def labels_from_table(self, df, label_col, source):
+        if label_col not in df.columns:
+            raise FoldvisionError(f"{source}: no label column {label_col!r} (columns: {list(df.columns)[:8]}).")
+        return df[label_col].astype(str)
 
     def sample_format(self, value_cols, fmt):
         if self._one_column_per_class(value_cols):
@@ -360,6 +393,29 @@ class MultilabelTask(Task):
         true = " ".join(c for c, t in zip(self.classes, target) if t == 1)
         pred = " ".join(c for c, q in zip(self.classes, probs) if q >= self.threshold)
         return f"true {true[:20]}\npred {pred[:20]}"
+
+    def stacker(self, C=1.0):
+        from sklearn.linear_model import LogisticRegression  # deferred: only stacking needs sklearn
+        from sklearn.multiclass import OneVsRestClassifier
+
+        return OneVsRestClassifier(LogisticRegression(C=C, max_iter=2000))  # one sigmoid per label
+
+    def pseudo_confidence(self, probs, thresholds):
+        """The least sure label decides (a row is kept only when every label is clear), as the
+        probability of the decoded side; grouped by the decoded label set."""
+        binary = self.decode(probs, thresholds)
+        sure = np.where(binary == 1, probs, 1.0 - probs).min(1)
+        groups = np.array(["".join(map(str, r)) for r in binary], dtype=object)
+        return sure, groups
+
+    def label_table(self, probs, thresholds, label_col):
+        return pd.DataFrame(self.decode(probs, thresholds), columns=self.classes)
+
+    def labels_from_table(self, df, label_col, source):
+        missing = [c for c in self.classes if c not in df.columns]
+        if missing:
+            raise FoldvisionError(f"{source}: no 0/1 column for label(s) {missing[:8]}; one column per label is needed.")
+        return df[self.classes].astype(np.float32)
 
     def sample_format(self, value_cols, fmt):
         if self._one_column_per_class(value_cols):

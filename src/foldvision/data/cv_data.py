@@ -1,12 +1,12 @@
 """The training data of a CV run: the table read from `cfg.data`, targets encoded by the task, the
-persisted folds, and the image datasets of any subset of rows (train or eval transforms, crop
-boxes, the decoded-image cache)."""
+persisted folds, pseudo-labelled extra training rows (`data.pseudo_csv`), and the image datasets of
+any subset of rows (train or eval transforms, crop boxes, the decoded-image cache)."""
 
 from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from foldvision.data.sources import DataTable, data_path, read_table, table_boxe
 from foldvision.data.transforms import eval_transform, train_transform
 from foldvision.errors import FoldvisionError
 from foldvision.io import write_csv
+from foldvision.pseudo import read_pseudo
 from foldvision.tasks import Task, create_task
 
 log = logging.getLogger("foldvision")
@@ -38,6 +39,9 @@ class CVData:
     targets: np.ndarray
     folds: np.ndarray
     fold_file: Path
+    # pseudo-labelled test images (data.pseudo_csv): training rows of every fold, never validation
+    pseudo_paths: list[str] = field(default_factory=list)
+    pseudo_targets: np.ndarray | None = None
 
     @property
     def ids(self) -> list[str]:
@@ -47,23 +51,36 @@ class CVData:
     def paths(self) -> list[str]:
         return self.table.train["path"].tolist()
 
-    def dataset(self, cfg: DictConfig, data_config: dict[str, Any], rows: np.ndarray, train: bool = False):
-        """An ImageDataset of the selected rows: train or eval transforms, crop boxes, and the
-        decoded-image cache when data.cache=true (built once for the whole table)."""
+    def dataset(
+        self, cfg: DictConfig, data_config: dict[str, Any], rows: np.ndarray, train: bool = False, pseudo: bool = False
+    ):
+        """An ImageDataset of the selected rows (plus every pseudo-labelled row with `pseudo`, for a
+        fold's training set): train or eval transforms, crop boxes, and the decoded-image cache when
+        data.cache=true (built once for the whole table and the pseudo rows)."""
         size, channels = data_config["image_size"], data_config["in_chans"]
         boxes = table_boxes(self.table.train)
         margin = bbox_margin(cfg.data)
+        n_pseudo = len(self.pseudo_paths)
+        if boxes is not None and n_pseudo:  # NaN box: the pseudo image is not cropped
+            boxes = np.concatenate([boxes, np.full((n_pseudo, 4), np.nan)])
+        all_paths = self.paths + self.pseudo_paths
         cache_file = None
         if cfg.data.get("cache"):
             cache_dir = data_path(cfg.data, cfg.data.get("cache_dir") or "cache")
             cache_file = str(
-                build_cache(self.paths, size, channels, cache_dir, max(2, int(cfg.data.num_workers)), boxes, margin)
+                build_cache(all_paths, size, channels, cache_dir, max(2, int(cfg.data.num_workers)), boxes, margin)
             )
         resize = cache_file is None
         transform = train_transform(size, cfg.get("augment"), resize) if train else eval_transform(size, resize)
+        if pseudo and n_pseudo:
+            rows = np.concatenate([np.asarray(rows, dtype=bool), np.ones(n_pseudo, dtype=bool)])
+            targets = np.concatenate([self.targets, self.pseudo_targets.astype(self.targets.dtype)])
+        else:
+            rows = np.concatenate([np.asarray(rows, dtype=bool), np.zeros(n_pseudo, dtype=bool)])
+            targets = np.concatenate([self.targets, np.zeros((n_pseudo, *self.targets.shape[1:]), self.targets.dtype)])
         return ImageDataset(
-            np.array(self.paths, dtype=object)[rows].tolist(),
-            self.targets[rows],
+            np.array(all_paths, dtype=object)[rows].tolist(),
+            targets[rows],
             transform,
             channels,
             boxes=boxes[rows] if boxes is not None else None,
@@ -113,7 +130,8 @@ def check_task_fits_data(cfg: DictConfig, targets: np.ndarray) -> None:
     if cfg.data.source == "folder":
         raise FoldvisionError(
             "data=folder gives every image exactly one class (its sub-folder), but task=multilabel trains one "
-            "independent sigmoid per class. Use task=multiclass, or a CSV layout (data=csv / data=multihot) for multi-label data."
+            "independent sigmoid per class. Use task=multiclass, or a CSV layout (data=csv / data=multihot) "
+            "for multi-label data."
         )
     if len(targets) and (targets.sum(axis=1) == 1).all():
         log.warning(
@@ -144,4 +162,10 @@ def load_cv_data(cfg: DictConfig, run_dir: Path | None = None) -> CVData:
     data = CVData(table, task, targets, folds, fold_file)
     if cfg.data.get("skip_bad"):
         drop_unreadable(data, cfg, run_dir or Path(cfg.paths.output_dir))
+    if cfg.data.get("pseudo_csv"):  # after the folds: the fold file is the labelled data's alone
+        pseudo_file = data_path(cfg.data, cfg.data.pseudo_csv)
+        data.pseudo_paths, data.pseudo_targets = read_pseudo(cfg.data, pseudo_file, task, data.ids)
+        log.info(
+            "%d pseudo-labelled image(s) from %s join every fold's training rows", len(data.pseudo_paths), pseudo_file
+        )
     return data
