@@ -112,6 +112,10 @@ def test_export_parity_and_onnx_backend(run2: Path, tmp_path: Path, monkeypatch:
     torch.save(state | {"epoch": 99}, ckpt)
     with pytest.raises(FoldvisionError, match="exported from another best.ckpt"):
         _predict(f"runs=[{run2}]", "folds=[0,1]", "backend=onnx", f"out={tmp_path}/x/s.csv")
+    # ... and so is bundling it: inside a verified bundle predict.py would trust the stale export
+    with pytest.raises(FoldvisionError, match=r"fold_0/best.onnx was exported from another best.ckpt.*export the run"):
+        make_bundle([run2], tmp_path / "stale_bundle")
+    assert not (tmp_path / "stale_bundle").exists() and not list(tmp_path.glob(".stale_bundle.*"))
     with pytest.raises(FoldvisionError, match=r"fold_2/best.onnx missing|fold\(s\) \[2\]"):
         _predict(f"runs=[{run2}]", "backend=onnx", "allow_missing_folds=true", "folds=[2]", f"out={tmp_path}/y/s.csv")
 

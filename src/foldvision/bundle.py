@@ -27,6 +27,7 @@ import torch
 from foldvision import __version__
 from foldvision.errors import FoldvisionError
 from foldvision.io import DIR_MODE, atomic_open, file_sha256, load_checkpoint, read_json, write_json
+from foldvision.ort import META_CHECKPOINT_SHA, read_metadata
 
 log = logging.getLogger("foldvision")
 
@@ -68,6 +69,18 @@ def _save_weights_only(src: Path, dst: Path) -> None:
         torch.save({"state_dict": state, "epoch": int(ckpt.get("epoch", -1))}, f)
 
 
+def _check_onnx_matches(onnx_path: Path, ckpt: Path) -> None:
+    """Refuse an ONNX file exported from another checkpoint than `ckpt`: inside a verified bundle
+    predict.py trusts it, so a stale export would predict silently with old weights. The bundled
+    checkpoint is re-saved weights-only, hence the comparison with the SOURCE checkpoint's sha256."""
+    if read_metadata(onnx_path).get(META_CHECKPOINT_SHA) != file_sha256(ckpt):
+        raise FoldvisionError(
+            f"{onnx_path} was exported from another {ckpt.name} than the one there now (stale export); "
+            f"export the run again (foldvision export {ckpt.parent.parent} --checkpoint {ckpt.stem}), "
+            "or delete the .onnx file, then bundle again."
+        )
+
+
 def _copy_run(run_path: Path, dest: Path, checkpoint: str) -> list[int]:
     """Copy one run's predict files into `dest`; return the folds copied."""
     for name in RUN_FILES:
@@ -98,6 +111,8 @@ def _copy_run(run_path: Path, dest: Path, checkpoint: str) -> list[int]:
         _save_weights_only(ckpt, fold_dir / ckpt.name)
         for name in ("result.json", f"{checkpoint}.onnx"):
             if (ckpt.parent / name).is_file():
+                if name.endswith(".onnx"):
+                    _check_onnx_matches(ckpt.parent / name, ckpt)
                 shutil.copy2(ckpt.parent / name, fold_dir / name)
     return sorted(checkpoints)
 
