@@ -87,3 +87,18 @@ def test_global_rank_from_the_launcher(monkeypatch: pytest.MonkeyPatch, env: dic
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     assert global_rank() == rank
+
+
+@pytest.mark.slow
+def test_ddp_with_frozen_backbone_epochs(folder_data: Path, tmp_path: Path) -> None:
+    """model.freeze_epochs under trainer=ddp: the frozen backbone has no gradients in epoch 0, which plain
+    `ddp` (find_unused_parameters=False) rejects; training switches strategy, says why and trains both epochs."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "train.py"), *TEST_OVERRIDES, "trainer=ddp", "trainer.accelerator=cpu",
+           "trainer.devices=2", "data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3",
+           "cv.folds=[0]", "trainer.max_epochs=2", "model.freeze_epochs=1", f"hydra.run.dir={run}"]
+    out = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "trainer.strategy=ddp_find_unused_parameters_true" in out.stdout + out.stderr
+    assert json.loads((run / "cv_summary.json").read_text())["folds_done"] == [0]
+    assert len(pd.read_csv(run / "fold_0" / "metrics.csv").dropna(subset=["val/loss"])) == 2  # both epochs trained

@@ -228,6 +228,7 @@ def build_trainer(cfg: DictConfig, fold_dir: Path, monitor: str, mode: str = "ma
         tcfg.pop(k, None)
     tcfg = {k: v for k, v in tcfg.items() if v is not None}
     _single_gpu_devices(tcfg)
+    _ddp_strategy_for_freeze(tcfg, int(cfg.model.get("freeze_epochs") or 0))
     tcfg["precision"] = resolve_precision(tcfg.get("precision", "32-true"))
     if batches_per_epoch:
         tcfg["log_every_n_steps"] = max(1, min(int(tcfg.get("log_every_n_steps", 50)), batches_per_epoch))
@@ -270,6 +271,29 @@ def build_trainer(cfg: DictConfig, fold_dir: Path, monitor: str, mode: str = "ma
         use_distributed_sampler=False,
         **tcfg,
     )
+
+
+DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
+def _ddp_strategy_for_freeze(tcfg: dict[str, Any], freeze_epochs: int) -> None:
+    """model.freeze_epochs under DDP: the frozen backbone gets no gradients, which DDP built with
+    find_unused_parameters=False (Lightning's `ddp`) rejects at the first backward, so the
+    `*_find_unused_parameters_true` variant of the strategy is used instead."""
+    strategy = tcfg.get("strategy")
+    if not freeze_epochs or not isinstance(strategy, str):
+        return
+    if strategy.endswith("_find_unused_parameters_false"):
+        raise FoldvisionError(
+            f"trainer.strategy={strategy} cannot train model.freeze_epochs={freeze_epochs}: the frozen backbone "
+            f"gets no gradients; use trainer.strategy={strategy.replace('_false', '_true')} or model.freeze_epochs=0."
+        )
+    if strategy in DDP_STRATEGIES:
+        tcfg["strategy"] = f"{strategy}_find_unused_parameters_true"
+        logging.getLogger("foldvision").info(
+            "trainer.strategy=%s: model.freeze_epochs=%d leaves the backbone without gradients, so DDP must "
+            "find unused parameters", tcfg["strategy"], freeze_epochs,
+        )
 
 
 def resolve_precision(precision: Any) -> Any:
