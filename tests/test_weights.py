@@ -310,10 +310,11 @@ def test_auto_mixed_precision_picks_bf16_where_supported(monkeypatch: pytest.Mon
 
     assert compose_cfg("trainer=gpu").trainer.precision == "auto-mixed"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert training.resolve_precision("auto-mixed") == "16-mixed"  # T4, P100: fp16 with Lightning's GradScaler
+    # T4, P100: bf16 only emulated (torch's default including_emulation=True says yes) -> fp16 with a GradScaler
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert training.resolve_precision("auto-mixed") == "16-mixed"
     assert training.resolve_precision("32-true") == "32-true"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # A100, H100
     assert training.resolve_precision("auto-mixed") == "bf16-mixed"
     # build_trainer hands the resolved value to Lightning (on CPU, whose AMP takes bf16 only)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

@@ -297,10 +297,11 @@ def _ddp_strategy_for_freeze(tcfg: dict[str, Any], freeze_epochs: int) -> None:
 
 
 def resolve_precision(precision: Any) -> Any:
-    """`auto-mixed`: bf16-mixed on a GPU with bf16, else 16-mixed (Lightning adds its GradScaler)."""
+    """`auto-mixed`: bf16-mixed on a GPU with native bf16, else 16-mixed (Lightning adds its GradScaler).
+    Emulated bf16 (T4, P100: torch's is_bf16_supported() says yes by default) is slow: fp16 there."""
     if str(precision) != "auto-mixed":
         return precision
-    chosen = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
+    chosen = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
     logging.getLogger("foldvision").info("trainer.precision=auto-mixed: %s", chosen)
     return chosen
 
