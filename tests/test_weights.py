@@ -332,3 +332,39 @@ def test_random_init_is_said(caplog: pytest.LogCaptureFixture) -> None:
         )
         for r in caplog.records
     )
+
+
+def test_two_head_models_distilled_deit() -> None:
+    """timm models whose get_classifier() is a tuple (distilled DeiT, LeViT: class + distillation heads):
+    both heads are the head for weight loading, head_init, the head LR group and freeze_epochs."""
+    from foldvision.models.backbone import Classifier
+    from foldvision.models.module import ClassifierModule
+    from foldvision.models.optim import param_groups
+    from foldvision.tasks import create_task
+
+    def deit(classes: int) -> torch.nn.Module:
+        return timm.create_model("deit_tiny_distilled_patch16_224", num_classes=classes, img_size=32, depth=2)
+
+    torch.manual_seed(0)
+    backbone = deit(3)
+    assert [type(m) for m in fw.classifier_modules(backbone)] == [torch.nn.Linear, torch.nn.Linear]
+    heads = {"head.weight", "head.bias", "head_dist.weight", "head_dist.bias"}
+    assert fw.head_keys(backbone) == heads
+    # weights of a 1000-class model: every body tensor loaded, both heads left new (not a shape error)
+    source = deit(1000).state_dict()
+    mapped, _, head_loaded = fw.map_state(source, backbone)
+    assert not head_loaded and set(mapped) == set(source) - heads
+    fw.init_head(backbone, "zero")
+    assert not backbone.head.weight.any() and not backbone.head_dist.weight.any()
+    model = Classifier(backbone, [0.5] * 3, [0.5] * 3)
+    groups = param_groups(model, lr=1e-3, weight_decay=0.05, backbone_lr_factor=0.1)
+    head_params = {id(p) for m in (backbone.head, backbone.head_dist) for p in m.parameters()}
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert all(lr_of[id(p)] == pytest.approx(1e-3 if id(p) in head_params else 1e-4) for p in model.parameters())
+    # freeze_epochs: only both heads train in the frozen epoch
+    cfg = compose_cfg("data=folder", "task=multiclass")
+    task = create_task(cfg.task)
+    task.classes = ["a", "b", "c"]
+    module = ClassifierModule(model, task, cfg.optimizer, cfg.scheduler, freeze_epochs=1)
+    module.on_train_epoch_start()
+    assert {id(p) for p in model.parameters() if p.requires_grad} == head_params

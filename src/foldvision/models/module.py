@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from foldvision.errors import FoldvisionError
 from foldvision.models.backbone import Classifier
 from foldvision.models.optim import create_optimizer, create_scheduler
+from foldvision.models.weights import classifier_modules
 from foldvision.tasks import Task
 
 
@@ -100,7 +101,7 @@ class ClassifierModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         if self.freeze_epochs:
-            head = {id(p) for p in self.model.backbone.get_classifier().parameters()}
+            head = {id(p) for m in classifier_modules(self.model.backbone) for p in m.parameters()}
             for p in self.model.backbone.parameters():
                 if id(p) not in head:
                     p.requires_grad_(not self.backbone_frozen)
@@ -116,7 +117,7 @@ class ClassifierModule(pl.LightningModule):
         frozen features the head learns on are the ones the backbone has when it is unfrozen."""
         if not self.freeze_epochs or not self.backbone_frozen or not self.model.training:
             return
-        head = set(self.model.backbone.get_classifier().modules())
+        head = {m for h in classifier_modules(self.model.backbone) for m in h.modules()}
         for m in self.model.backbone.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m not in head:
                 m.eval()

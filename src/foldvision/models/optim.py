@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from foldvision.errors import FoldvisionError
+from foldvision.models.weights import classifier_modules
 
 # optimizer config keys foldvision reads itself (not passed to the optimizer class)
 FOLDVISION_KEYS = ("backbone_lr_factor", "no_decay_norm_bias")
@@ -42,7 +43,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_f
     from timm.optim import param_groups_weight_decay
 
     backbone = model.backbone if hasattr(model, "backbone") else model
-    head = {id(p) for p in backbone.get_classifier().parameters()}
+    head = {id(p) for m in classifier_modules(backbone) for p in m.parameters()}
     skip = backbone.no_weight_decay() if hasattr(backbone, "no_weight_decay") else set()
     prefix = "backbone." if backbone is not model else ""
     if no_decay_norm_bias:

@@ -125,13 +125,21 @@ def classifier_state(state_dict: State) -> State:
     raise FoldvisionError("checkpoint holds no model weights (no 'model.' or 'ema.module.' keys).")
 
 
-def head_keys(backbone: nn.Module) -> set[str]:
-    """State-dict names of the classifier (`backbone.get_classifier()`)."""
+def classifier_modules(backbone: nn.Module) -> tuple[nn.Module, ...]:
+    """The classifier module(s) of a timm model: `get_classifier()` returns one module, or a tuple
+    for models with several heads (distilled DeiT / LeViT: class and distillation heads)."""
     head = backbone.get_classifier()
+    return tuple(head) if isinstance(head, (tuple, list)) else (head,)
+
+
+def head_keys(backbone: nn.Module) -> set[str]:
+    """State-dict names of the classifier (every module of `classifier_modules`)."""
+    heads = classifier_modules(backbone)
+    keys: set[str] = set()
     for name, module in backbone.named_modules():
-        if module is head:
-            return {f"{name}.{k}" if name else k for k in head.state_dict()}
-    return set()
+        if any(module is head for head in heads):
+            keys |= {f"{name}.{k}" if name else k for k in module.state_dict()}
+    return keys
 
 
 def _first_conv_key(backbone: nn.Module) -> str | None:
@@ -283,7 +291,7 @@ def init_head(backbone: nn.Module, mode: str) -> None:
         return
     if mode not in ("zero", "normal"):
         raise FoldvisionError(f"model.head_init={mode!r} is not one of zero | normal | timm.")
-    for m in backbone.get_classifier().modules():
+    for m in (m for head in classifier_modules(backbone) for m in head.modules()):
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             if mode == "zero":
                 nn.init.zeros_(m.weight)
