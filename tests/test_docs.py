@@ -15,6 +15,11 @@ from foldvision.config import compose
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
+# the scripts and the wheel's console commands that take the same arguments
+SCRIPTS = {"train.py": "train.py", "predict.py": "predict.py", "foldvision-train": "train.py",
+           "foldvision-predict": "predict.py"}
+
+
 def _commands() -> list[tuple[str, list[str]]]:
     """(doc name, tokens) of every foldvision command in a bash block."""
     out = []
@@ -26,9 +31,10 @@ def _commands() -> list[tuple[str, list[str]]]:
                     if t != "&&":
                         part.append(t)
                         continue
-                    scripts = [i for i, t in enumerate(part) if t in ("train.py", "predict.py")]
+                    scripts = [i for i, t in enumerate(part) if t in SCRIPTS]
                     if scripts:  # also behind a launcher: srun python train.py, torchrun ... train.py
-                        out.append((doc.name, ["python", *part[scripts[0]:]]))
+                        i = scripts[0]
+                        out.append((doc.name, ["python", SCRIPTS[part[i]], *part[i + 1 :]]))
                     elif part[:3] == ["python", "-m", "foldvision"] or part[:1] == ["foldvision"]:
                         out.append((doc.name, part))
                     part = []
