@@ -71,6 +71,15 @@ def test_check_passes_on_good_data(folder_data: Path) -> None:
     assert run_check(compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass")) == []
 
 
+def test_check_tries_hub_weights(folder_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """model.pretrained=true without a weights file: check fetches the hub weights as training would, and
+    offline says FAIL with the two ways on instead of an ok that training then contradicts."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "model=resnet10t", "model.pretrained=true")
+    (problem,) = run_check(cfg)
+    assert "resnet10t" in problem and "model.pretrained=false" in problem and "model.weights_file" in problem
+
+
 def test_check_reports_broken_dataset(folder_data: Path, tmp_path: Path) -> None:
     (folder_data / "train" / "fox" / "fox_1.png").write_bytes(b"")
     (folder_data / "train" / "owl").mkdir()

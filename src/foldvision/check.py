@@ -132,13 +132,22 @@ def run_check(cfg: DictConfig, workers: int = 4) -> list[str]:
 
 
 def _check_weights(cfg: DictConfig, ok, bad) -> None:
-    """model.weights_file loads into model.name and covers every backbone tensor (or why not)."""
-    from foldvision.models.backbone import check_weights
+    """model.weights_file loads into model.name and covers every backbone tensor, or, with
+    model.pretrained=true and no file, timm's hub weights can be had (cache or network; offline this
+    fails at once, with the two ways on), as training would create them (or why not)."""
+    import timm
+
+    from foldvision.models.backbone import check_weights, create_backbone
 
     if not cfg.model.get("weights_file"):
-        hub = cfg.model.pretrained
-        source = "timm hub weights (model.pretrained=true)" if hub else "random init (model.pretrained=false)"
-        ok(f"weights: {source}, no model.weights_file")
+        if not cfg.model.pretrained:
+            ok("weights: random init (model.pretrained=false), no model.weights_file")
+        elif timm.is_model(cfg.model.name):  # an unknown name is reported above
+            try:
+                create_backbone(cfg.model, 2, pretrained=True)  # offline: fails at once, no hub retries
+                ok(f"weights: timm hub weights of {cfg.model.name} load (model.pretrained=true)")
+            except FoldvisionError as e:
+                bad(str(e))
         return
     try:
         report = check_weights(cfg.model)
