@@ -20,14 +20,21 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
 
 from foldvision.bundle import bundled_runs
 from foldvision.config import load_run_config
 from foldvision.data.boxes import bbox_margin
+from foldvision.data.datamodule import make_loader
 from foldvision.data.predict_dataset import MultiSizeDataset
+from foldvision.data.sources import read_table, read_test_table, table_boxes
 from foldvision.ensemble import Blend, blends_on_oof, combine, resolve_thresholds
 from foldvision.errors import FoldvisionError
+from foldvision.inference import VIEWS, predict_batches, resolve_views
 from foldvision.io import file_sha256, load_checkpoint, read_json, read_oof, write_csv, write_json
+from foldvision.models.backbone import classifier_state, create_classifier
+from foldvision.ort import META_CHECKPOINT_SHA, OrtModel, read_metadata
 from foldvision.pseudo import pseudo_table, select_confident
 from foldvision.submission import align_to_sample, format_submission, write_probabilities
 from foldvision.tasks import Task, create_task
@@ -81,16 +88,12 @@ def load_run(
 
 def load_fold_model(run: RunInfo, fold: int, device: torch.device, fuse: bool = True) -> torch.nn.Module:
     """Rebuild the fold's model from the run config and load its weights (weights_only=True)."""
-    from foldvision.models.backbone import create_classifier
-
     model, _ = create_classifier(run.cfg.model, run.task.num_outputs, data_config=run.data_config, pretrained=False)
-    from foldvision.models.backbone import classifier_state
-
     ckpt = load_checkpoint(run.checkpoints[fold])
     model.load_state_dict(classifier_state(ckpt["state_dict"]))
     model.eval()
     if fuse:
-        from timm.utils.model import reparameterize_model
+        from timm.utils.model import reparameterize_model  # deferred: timm takes seconds to import
 
         model = reparameterize_model(model)  # RepVGG & co: branches fused into one conv
     return model.to(device)
@@ -100,8 +103,6 @@ def load_fold_onnx(run: RunInfo, fold: int, device: torch.device, verified: bool
     """The fold's ONNX model (`foldvision export`) as an OrtModel. Outside a verified bundle, its
     recorded checkpoint checksum must match the checkpoint: an ONNX file exported before the fold
     was trained further would predict with stale weights."""
-    from foldvision.ort import META_CHECKPOINT_SHA, OrtModel, read_metadata
-
     ckpt = run.checkpoints[fold]
     path = ckpt.with_suffix(".onnx")
     if not path.is_file():
@@ -143,8 +144,6 @@ def _device(name: str) -> torch.device:
 
 def _test_table(cfg: DictConfig, run: RunInfo) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Test ids/paths (from the run's data config, overridable) and the sample submission."""
-    from foldvision.data.sources import read_test_table
-
     data_cfg = OmegaConf.create(OmegaConf.to_container(run.cfg.data))
     for key in ("test_csv", "test_image_dir", "sample_submission"):
         if cfg.get(key) is False:  # sample_submission=false: ignore the run's sample
@@ -210,15 +209,11 @@ class _Viewed:
         self.model, self.view = model, view
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from foldvision.inference import VIEWS
-
         return self.model(VIEWS[self.view](x))
 
 
 def _oof_boxes(run: RunInfo, ids: list[str]) -> np.ndarray | None:
     """The crop boxes of the run's training rows `ids` (None when the run did not crop)."""
-    from foldvision.data.sources import read_table, table_boxes
-
     bbox = run.cfg.data.get("bbox") or {}
     if not (bbox.get("columns") or bbox.get("voc_dir")):
         return None
@@ -232,9 +227,6 @@ def tta_oof_frames(
     """Each run's OOF rows re-predicted by the fold model that held them out, through the test
     set's path (MultiSizeDataset, predict_batches): (frames of the identity view, frames averaged
     over the TTA `views`). Rows of folds without a checkpoint here are left out."""
-    from foldvision.data.datamodule import make_loader
-    from foldvision.inference import predict_batches
-
     plain, tta = [], []
     for run in runs:
         oof = _oof(run)
@@ -327,9 +319,6 @@ def _check_options(cfg: DictConfig, n_runs: int) -> tuple[list[float] | str, lis
 
 def run_predict(cfg: DictConfig) -> Path:
     """Predict the test set with every fold of every run; write the submission; return its path."""
-    from foldvision.data.datamodule import make_loader
-    from foldvision.inference import predict_batches, resolve_views
-
     run_paths = [Path(r).absolute() for r in (cfg.runs if not isinstance(cfg.runs, str) else [cfg.runs])]
     if not run_paths:
         raise FoldvisionError("runs=[] is empty: give at least one run folder.")
@@ -405,8 +394,6 @@ def run_predict(cfg: DictConfig) -> Path:
         models = [load_fold_model(r, k, device, bool(cfg.fuse)) for r, k in members]
     keys = [r.input_key for r, _ in members]
     data_cfg = runs[0].cfg.data
-    from foldvision.data.sources import table_boxes
-
     crops = {str(OmegaConf.to_container(r.cfg.data.get("bbox") or {})) for r in runs}
     if len(crops) > 1:
         raise FoldvisionError(
@@ -555,9 +542,6 @@ def _answers(cfg: DictConfig, run: RunInfo, task: Task, ids: list[str]) -> np.nd
 
 
 def _print_report(report: dict[str, Any], task: Task) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     metrics = list(report["ensemble"])
     table = Table()
     table.add_column("member")
