@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
+from timm.utils.model import reparameterize_model
 
 from foldvision.bundle import bundled_runs
 from foldvision.config import load_run_config
@@ -93,8 +94,6 @@ def load_fold_model(run: RunInfo, fold: int, device: torch.device, fuse: bool = 
     model.load_state_dict(classifier_state(ckpt["state_dict"]))
     model.eval()
     if fuse:
-        from timm.utils.model import reparameterize_model  # deferred: timm takes seconds to import
-
         model = reparameterize_model(model)  # RepVGG & co: branches fused into one conv
     return model.to(device)
 
