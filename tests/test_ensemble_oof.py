@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from conftest import compose_cfg
 from foldvision.cv import run_cv
 from foldvision.data.predict_dataset import MultiSizeDataset
-from foldvision.ensemble import Stacker, combine, optimize_weights
+from foldvision.ensemble import Blend, Stacker, combine, optimize_weights
 from foldvision.io import load_checkpoint, write_csv
 from foldvision.predict import load_fold_model, load_run, run_predict, tta_oof_frames
 from foldvision.tasks import create_task
@@ -72,6 +72,23 @@ def test_stacker_inner_cv_is_honest() -> None:
     x = np.concatenate([np.log(np.clip(p.astype(np.float64), 1e-6, 1)) for p in members], 1)
     ref = LogisticRegression(max_iter=2000).fit(x[folds != 2], y[folds != 2]).predict_proba(x[folds == 2])
     np.testing.assert_allclose(out[folds == 2], ref, atol=1e-5)
+
+
+def test_blend_apply_shares_a_run_weight_among_its_folds_and_stacks_fold_means() -> None:
+    """The one way a blend meets the test set: each fold model gets its run's weight over the run's
+    fold count (combined in one step, so rank/geometric see every model), a stacker the fold means."""
+    task = create_task(OmegaConf.create({"name": "multiclass"}), ["a", "b", "c"])
+    y, (good, fair, noise) = _members(60, 3, seed=2)
+    rng = np.random.default_rng(5)
+    runs = [[good, np.roll(good, 1, axis=0)], [fair, noise, np.flip(fair, axis=1).copy()]]
+    for average in ("mean", "geometric", "rank"):
+        got = Blend("weights", good, np.array([0.25, 0.75])).apply(runs, average, task)
+        want = combine([*runs[0], *runs[1]], [0.125, 0.125, 0.25, 0.25, 0.25], average, task)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    stacker = Stacker(task)
+    stacker.fit_oof([good, fair], y, rng.integers(0, 3, 60))
+    got = Blend("stack_logreg", good, None, stacker).apply(runs, "mean", task)
+    np.testing.assert_allclose(got, stacker.predict([combine(runs[0]), combine(runs[1])]), atol=1e-6)
 
 
 def _craft_runs(mc_run: Path, tmp_path: Path) -> list[Path]:

@@ -30,7 +30,7 @@ from foldvision.data.boxes import bbox_margin
 from foldvision.data.datamodule import make_loader
 from foldvision.data.predict_dataset import MultiSizeDataset
 from foldvision.data.sources import read_table, read_test_table, table_boxes
-from foldvision.ensemble import Blend, blends_on_oof, combine, resolve_thresholds
+from foldvision.ensemble import Blend, blends_on_oof, resolve_thresholds
 from foldvision.errors import FoldvisionError
 from foldvision.inference import VIEWS, predict_batches, resolve_views
 from foldvision.io import file_sha256, load_checkpoint, read_json, read_oof, write_csv, write_json
@@ -189,15 +189,6 @@ def align_oof(task: Task, frames: list[pd.DataFrame]) -> tuple[np.ndarray, np.nd
     frames = [f.loc[common] for f in frames]
     targets = task.targets_from_columns(frames[0])
     return targets, frames[0]["fold"].to_numpy(), [f[task.prob_columns()].to_numpy(dtype=np.float32) for f in frames]
-
-
-def oof_ensemble(
-    cfg: DictConfig, runs: list[RunInfo], weights: list[float]
-) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """The weighted ensemble applied to the runs' OOF predictions (rows every run has): its
-    probabilities, the targets, and each member run's probabilities."""
-    targets, _, probs = align_oof(runs[0].task, [_oof(r) for r in runs])
-    return combine(probs, weights, cfg.average, runs[0].task), targets, dict(zip([str(r.path) for r in runs], probs))
 
 
 class _Viewed:
@@ -507,17 +498,12 @@ def _combine_test(
     blend: Blend | None,
     task: Task,
 ) -> np.ndarray:
-    """The test probabilities: the fold models of a run share the run's weight (given, or the
-    blend's), combined in one step; a stacker takes each run's fold average instead."""
-    if blend is not None and blend.stacker is not None:
-        runs_probs = [
-            combine([p for (r, _), p in zip(members, member_probs) if r is run], None, cfg.average, task)
-            for run in runs
-        ]
-        return blend.stacker.predict(runs_probs)
-    run_weights = blend.weights if blend is not None and blend.name != "equal" else weights
-    member_weights = [float(run_weights[runs.index(r)]) / len(r.checkpoints) for r, _ in members]
-    return combine(member_probs, member_weights, cfg.average, task)
+    """The test probabilities: the blend chosen on OOF (or, without OOF, the given run weights)
+    applied to each run's fold models (Blend.apply)."""
+    if blend is None:
+        blend = Blend("weights", np.empty((0, task.num_outputs), np.float32), np.asarray(weights, np.float64))
+    run_fold_probs = [[p for (r, _), p in zip(members, member_probs) if r is run] for run in runs]
+    return blend.apply(run_fold_probs, cfg.average, task)
 
 
 def _answers(cfg: DictConfig, run: RunInfo, task: Task, ids: list[str]) -> np.ndarray | None:
