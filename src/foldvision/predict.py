@@ -73,10 +73,20 @@ def load_run(
     missing = []
     for k in wanted:
         ckpt = path / f"fold_{k}" / f"{checkpoint}.ckpt"
-        if ckpt.is_file() and (checkpoint == "last" or (path / f"fold_{k}" / "result.json").is_file()):
+        finished = (path / f"fold_{k}" / "result.json").is_file()
+        if ckpt.is_file() and (checkpoint == "last" or finished):
             run.checkpoints[k] = ckpt
         else:
             missing.append(k)
+        if checkpoint == "last" and ckpt.is_file() and not finished:  # a killed fold's (maybe mid-epoch) snapshot
+            log.warning(
+                "%s: fold %d has no result.json (its training did not finish); %s may be a mid-epoch snapshot. "
+                "Finish the fold with resume=%s, or choose folds=[...] without it.",
+                path,
+                k,
+                ckpt.name,
+                path,
+            )
     if missing and (not allow_missing or not run.checkpoints):
         raise FoldvisionError(
             f"{path}: fold(s) {missing} have no finished {checkpoint}.ckpt. Train them (rerun with resume={path}), "
