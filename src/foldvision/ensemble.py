@@ -240,3 +240,25 @@ def blends_on_oof(
         stacker = Stacker(task, stack)
         blends.append(Blend(f"stack_{stack}", stacker.fit_oof(member_probs, targets, folds), None, stacker))
     return blends
+
+
+def reapply_blends(
+    task: Task,
+    blends: Sequence[Blend],
+    member_probs: Sequence[np.ndarray],
+    targets: np.ndarray,
+    folds: np.ndarray,
+    average: str = "mean",
+) -> list[Blend]:
+    """The same blends on other OOF probabilities of the same members (predict.py tta_oof: the rows
+    without TTA), so that a score gap is the inputs' alone: weights are kept as chosen, never
+    re-optimised; only a stacker is refitted (fit_oof), its held-out predictions being honest only
+    when each comes from a fit on the other folds of these very rows."""
+    out = []
+    for b in blends:
+        if b.stacker is not None:
+            stacker = Stacker(task, b.stacker.kind, b.stacker.C)
+            out.append(Blend(b.name, stacker.fit_oof(member_probs, targets, folds), None, stacker))
+        else:
+            out.append(Blend(b.name, combine(member_probs, b.weights, average, task), b.weights))
+    return out

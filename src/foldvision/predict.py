@@ -30,7 +30,7 @@ from foldvision.data.boxes import bbox_margin
 from foldvision.data.datamodule import make_loader
 from foldvision.data.predict_dataset import MultiSizeDataset
 from foldvision.data.sources import read_table, read_test_table, table_boxes
-from foldvision.ensemble import Blend, blends_on_oof, resolve_thresholds
+from foldvision.ensemble import Blend, blends_on_oof, reapply_blends, resolve_thresholds
 from foldvision.errors import FoldvisionError
 from foldvision.inference import VIEWS, predict_batches, resolve_views
 from foldvision.io import file_sha256, load_checkpoint, read_json, read_oof, write_csv, write_json
@@ -377,7 +377,7 @@ def run_predict(cfg: DictConfig) -> Path:
         }
         if cfg.get("tta_oof"):
             p_targets, p_folds, p_members = align_oof(task, plain)
-            p_blends = blends_on_oof(task, p_members, p_targets, p_folds, weights, cfg.get("stack"), cfg.average)
+            p_blends = reapply_blends(task, blends, p_members, p_targets, p_folds, cfg.average)  # like for like
             report["tta_oof"] = {
                 "views": views,
                 "without_tta": _score_blends(task, p_blends, p_members, names, p_targets, thresholds),
