@@ -36,7 +36,7 @@ from foldvision.inference import VIEWS, predict_batches, resolve_views
 from foldvision.io import file_sha256, load_checkpoint, read_json, read_oof, write_csv, write_json
 from foldvision.models.backbone import classifier_state, create_classifier
 from foldvision.ort import META_CHECKPOINT_SHA, OrtModel, read_metadata
-from foldvision.pseudo import pseudo_table, select_confident
+from foldvision.pseudo import box_columns, pseudo_table, select_confident
 from foldvision.submission import align_to_sample, format_submission, write_probabilities
 from foldvision.tasks import Task, create_task
 
@@ -453,7 +453,7 @@ def run_predict(cfg: DictConfig) -> Path:
         write_json(pred_dir / "ensemble.json", report)
         _print_report(report, task)
     if (cfg.get("pseudo") or {}).get("out"):
-        _write_pseudo(cfg.pseudo, runs[0], task, ids, dict(zip(test["id"], test["path"])), probs, thresholds)
+        _write_pseudo(cfg.pseudo, runs[0], task, ids, test, probs, thresholds)
     write_csv(out, submission)
     log.info("wrote %s (%d rows)", out, len(submission))
     print(f"submission: {out}")
@@ -465,22 +465,26 @@ def _write_pseudo(
     run: RunInfo,
     task: Task,
     ids: list[str],
-    paths: dict[str, str],
+    test: pd.DataFrame,
     probs: np.ndarray,
     thresholds: np.ndarray | None,
 ) -> None:
-    """pseudo.out=FILE: the confident test predictions as a training table for data.pseudo_csv."""
+    """pseudo.out=FILE: the confident test predictions as a training table for data.pseudo_csv,
+    with the test rows' crop boxes when the run crops (so its pseudo rows are cropped alike)."""
     keep = select_confident(task, probs, thresholds, pcfg.get("threshold"), pcfg.get("top_fraction"))
     data_cfg = run.cfg.data
+    rows = test.astype({"id": str}).set_index("id").loc[ids]
     table = pseudo_table(
         task,
         ids,
-        [str(Path(paths[i]).absolute()) for i in ids],
+        [str(Path(p).absolute()) for p in rows["path"]],
         probs,
         thresholds,
         keep,
         str(data_cfg.get("id_col") or "id"),
         str(data_cfg.get("label_col") or "label"),
+        table_boxes(rows),
+        box_columns(data_cfg),
     )
     out = Path(pcfg.out).absolute()
     write_csv(out, table)
