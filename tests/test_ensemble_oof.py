@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 from conftest import compose_cfg
 from foldvision.cv import run_cv
 from foldvision.data.predict_dataset import MultiSizeDataset
-from foldvision.ensemble import Stacker, combine, optimize_weights
-from foldvision.io import load_checkpoint, write_csv
+from foldvision.ensemble import Blend, Stacker, combine, optimize_weights
+from foldvision.io import load_checkpoint, read_oof, write_csv
 from foldvision.predict import load_fold_model, load_run, run_predict, tta_oof_frames
 from foldvision.tasks import create_task
 
@@ -72,6 +72,23 @@ def test_stacker_inner_cv_is_honest() -> None:
     x = np.concatenate([np.log(np.clip(p.astype(np.float64), 1e-6, 1)) for p in members], 1)
     ref = LogisticRegression(max_iter=2000).fit(x[folds != 2], y[folds != 2]).predict_proba(x[folds == 2])
     np.testing.assert_allclose(out[folds == 2], ref, atol=1e-5)
+
+
+def test_blend_apply_shares_a_run_weight_among_its_folds_and_stacks_fold_means() -> None:
+    """The one way a blend meets the test set: each fold model gets its run's weight over the run's
+    fold count (combined in one step, so rank/geometric see every model), a stacker the fold means."""
+    task = create_task(OmegaConf.create({"name": "multiclass"}), ["a", "b", "c"])
+    y, (good, fair, noise) = _members(60, 3, seed=2)
+    rng = np.random.default_rng(5)
+    runs = [[good, np.roll(good, 1, axis=0)], [fair, noise, np.flip(fair, axis=1).copy()]]
+    for average in ("mean", "geometric", "rank"):
+        got = Blend("weights", good, np.array([0.25, 0.75])).apply(runs, average, task)
+        want = combine([*runs[0], *runs[1]], [0.125, 0.125, 0.25, 0.25, 0.25], average, task)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    stacker = Stacker(task)
+    stacker.fit_oof([good, fair], y, rng.integers(0, 3, 60))
+    got = Blend("stack_logreg", good, None, stacker).apply(runs, "mean", task)
+    np.testing.assert_allclose(got, stacker.predict([combine(runs[0]), combine(runs[1])]), atol=1e-6)
 
 
 def _craft_runs(mc_run: Path, tmp_path: Path) -> list[Path]:
@@ -161,3 +178,44 @@ def test_tta_oof_applies_the_views_to_each_folds_rows(mc_run: Path, tmp_path: Pa
     assert report["tta_oof"]["with_tta"]["members"][name] == pytest.approx(with_tta)
     assert report["tta_oof"]["without_tta"]["members"][name] == pytest.approx(run.task.score(oof[cols].to_numpy(), y))
     assert report["members"][name] == pytest.approx(with_tta)
+
+
+def test_tta_oof_without_tta_rows_keep_the_chosen_weights(
+    mc_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tta_oof's "without TTA" rows apply the weights chosen on the TTA rows (like for like: a gap is
+    the views', not other weights); only the stacker is refitted on them. Members unchanged by the
+    views give the same blend scores with and without TTA."""
+    import foldvision.predict as predict
+
+    runs = _craft_runs(mc_run, tmp_path)
+    frames = [read_oof(r / "oof.csv") for r in runs]
+    listing = ",".join(map(str, runs))
+    options = ["weights=oof", "stack=logreg", "tta=[hflip]", "tta_oof=true"]
+
+    def report(plain: list[pd.DataFrame], name: str) -> dict:
+        monkeypatch.setattr(predict, "tta_oof_frames", lambda *a, **k: (plain, frames))
+        run_predict(_predict_cfg(f"runs=[{listing}]", *options, f"out={tmp_path}/{name}/sub.csv"))
+        return json.loads((tmp_path / name / "ensemble.json").read_text())["tta_oof"]
+
+    same = report(frames, "same")  # the views change nothing: identical rows, identical scores
+    assert same["without_tta"] == same["with_tta"]
+
+    # the views change the members: the plain rows are the members in another order, so weights
+    # re-chosen on them would differ; the ones chosen on the TTA rows must be kept
+    cols = [f"prob_{c}" for c in ("cat", "dog", "fox")]
+    plain = [f.copy() for f in frames]
+    for dst, src in zip(plain, [frames[2], frames[0], frames[1]]):
+        dst[cols] = src[cols].to_numpy()
+    tta = report(plain, "moved")
+    w = tta["with_tta"]["combinations"]["oof_weights"]["weights"]
+    assert tta["without_tta"]["combinations"]["oof_weights"]["weights"] == w
+    task = create_task(OmegaConf.create({"name": "multiclass"}), ["cat", "dog", "fox"])
+    y = task.targets_from_columns(frames[0])
+    members = [f[cols].to_numpy(dtype=np.float32) for f in plain]
+    without = tta["without_tta"]["combinations"]
+    assert without["oof_weights"]["oof"] == pytest.approx(task.score(combine(members, w), y))
+    # the stacker refitted with its inner CV on the plain rows
+    stacked = Stacker(task).fit_oof(members, y, frames[0]["fold"].to_numpy())
+    assert without["stack_logreg"]["oof"] == pytest.approx(task.score(stacked, y))
+    assert optimize_weights(task, members, y).round(6).tolist() != w  # re-optimising would have moved them

@@ -132,3 +132,17 @@ def test_every_module_imports_alone() -> None:
     with ThreadPoolExecutor(max_workers=2) as pool:
         failed = [r for r in pool.map(run, names) if r[1] != 0]
     assert not failed, "\n".join(f"{n}:\n{err}" for n, _, err in failed)
+
+
+def test_predict_imports_foldvision_at_module_top() -> None:
+    """predict.py imports its foldvision modules at the top (no cycle results): an import inside a
+    function hides the module structure and repeats (merge damage once left two in one function)."""
+    tree = ast.parse((SRC / "foldvision" / "predict.py").read_text())
+    inner = [
+        f"line {node.lineno}: {node.module}"
+        for fn in ast.walk(tree)
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for node in ast.walk(fn)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("foldvision")
+    ]
+    assert not inner, f"foldvision imports inside functions of predict.py: {inner}"

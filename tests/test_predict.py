@@ -16,7 +16,7 @@ from conftest import compose_cfg, multihot_overrides
 from foldvision.cv import run_cv
 from foldvision.ensemble import combine, tune_thresholds
 from foldvision.errors import FoldvisionError
-from foldvision.predict import run_predict
+from foldvision.predict import load_run, run_predict
 from foldvision.tasks import create_task
 
 
@@ -102,6 +102,19 @@ def test_missing_folds_listed(multiclass_run: Path) -> None:
     with pytest.raises(FoldvisionError, match=r"fold\(s\) \[1\].*allow_missing_folds=true"):
         run_predict(_predict_cfg(f"runs=[{multiclass_run}]"))
     run_predict(_predict_cfg(f"runs=[{multiclass_run}]", "allow_missing_folds=true"))
+
+
+def test_last_checkpoint_of_an_unfinished_fold_warns(multiclass_run: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """checkpoint=last takes a fold's last.ckpt without result.json (a killed fold's snapshot, maybe
+    mid-epoch with trainer.checkpoint_every_minutes), but says so, naming the fold and resume=RUN."""
+    assert (multiclass_run / "fold_1" / "last.ckpt").is_file()
+    (multiclass_run / "fold_1" / "result.json").unlink()
+    with caplog.at_level("WARNING", logger="foldvision"):
+        run = load_run(multiclass_run, "last")
+    assert sorted(run.checkpoints) == [0, 1, 2]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "fold 1 has no result.json" in warned[0], warned
+    assert f"resume={multiclass_run}" in warned[0]
 
 
 def test_runs_with_different_classes_refused(multiclass_run: Path, multilabel_run: Path) -> None:

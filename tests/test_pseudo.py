@@ -45,7 +45,8 @@ def test_multilabel_table_round_trip(tmp_path: Path) -> None:
     assert table.columns.tolist() == ["index", "path", "a", "b", "c", "confidence"]
     table.to_csv(tmp_path / "pseudo.csv", index=False)
     data_cfg = OmegaConf.create({"id_col": "index"})
-    paths, targets = read_pseudo(data_cfg, tmp_path / "pseudo.csv", task, ["0", "1"])
+    paths, targets, boxes = read_pseudo(data_cfg, tmp_path / "pseudo.csv", task, ["0", "1"])
+    assert boxes is None  # the run does not crop
     assert paths == [str(tmp_path / "t0.png"), str(tmp_path / "t2.png")]
     np.testing.assert_array_equal(targets, [[1, 0, 1], [0, 1, 0]])
     with pytest.raises(FoldvisionError, match="also labelled training ids"):
@@ -92,3 +93,37 @@ def test_pseudo_rows_train_every_fold_and_never_validate(folder_data: Path, tmp_
     clash.to_csv(tmp_path / "clash.csv", index=False)
     with pytest.raises(FoldvisionError, match="also labelled"):
         load_cv_data(compose_cfg(*base, f"data.pseudo_csv={tmp_path / 'clash.csv'}"))
+
+
+def test_pseudo_rows_of_a_box_cropping_run_keep_their_boxes(csv_data: Path, tmp_path: Path) -> None:
+    """A run cropping to data.bbox.columns writes the test rows' boxes into the pseudo table and
+    crops its pseudo rows with them (not whole images); data.skip_bad drops an unreadable pseudo image."""
+    df = pd.read_csv(csv_data / "train.csv")
+    df[["x1", "y1", "x2", "y2"]] = [2, 2, 20, 20]
+    df.to_csv(csv_data / "train.csv", index=False)
+    test = pd.DataFrame({"image_id": [f"x{i}.png" for i in range(5)]})
+    test[["x1", "y1", "x2", "y2"]] = [[1 + i, 3, 15 + i, 18] for i in range(5)]
+    test.to_csv(csv_data / "test.csv", index=False)
+    base = ["data=csv", f"data.root={csv_data}", "task=multiclass", "data.bbox.columns=[x1,y1,x2,y2]",
+            "cv.n_folds=3", "data.test_csv=test.csv", "data.test_image_dir=test_images"]
+    run = tmp_path / "run"
+    run_cv(compose_cfg(*base, "cv.folds=[0]"), run)
+    pseudo_csv = tmp_path / "pseudo.csv"
+    run_predict(compose_cfg(f"runs=[{run}]", "allow_missing_folds=true", f"pseudo.out={pseudo_csv}",
+                            "pseudo.top_fraction=1.0", config_name="predict"))
+    table = pd.read_csv(pseudo_csv, dtype={"image_id": str})
+    assert len(table) == 5
+    want = test.set_index("image_id").loc[table["image_id"], ["x1", "y1", "x2", "y2"]].to_numpy(dtype=float)
+    np.testing.assert_array_equal(table[["x1", "y1", "x2", "y2"]].to_numpy(dtype=float), want)
+
+    cfg = compose_cfg(*base, f"data.pseudo_csv={pseudo_csv}")
+    data = load_cv_data(cfg)
+    dc = {"image_size": [32, 32], "in_chans": 3}
+    train = data.dataset(cfg, dc, data.folds != 0, train=True, pseudo=True)
+    np.testing.assert_array_equal(train.boxes[-5:], want)
+    assert train.paths[-5:] == table["path"].tolist()
+
+    Path(table["path"][0]).write_bytes(b"not an image")
+    data = load_cv_data(compose_cfg(*base, f"data.pseudo_csv={pseudo_csv}", "data.skip_bad=true"))
+    assert data.pseudo_paths == table["path"].tolist()[1:] and len(data.pseudo_targets) == 4
+    np.testing.assert_array_equal(data.pseudo_boxes, want[1:])

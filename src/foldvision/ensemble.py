@@ -199,11 +199,17 @@ class Blend:
     weights: np.ndarray | None = None
     stacker: Stacker | None = None
 
-    def apply(self, member_probs: Sequence[np.ndarray], average: str, task: Task) -> np.ndarray:
-        """The blend applied to other probabilities of the same members (the test set's)."""
+    def apply(self, run_fold_probs: Sequence[Sequence[np.ndarray]], average: str, task: Task) -> np.ndarray:
+        """The blend applied to the test probabilities of each run's fold models: with weights, every
+        fold model gets its run's weight shared among the run's folds, all combined in one step; a
+        stacker takes each run's fold average (what its OOF features were: one model per row)."""
         if self.stacker is not None:
-            return self.stacker.predict(member_probs)
-        return combine(member_probs, self.weights, average, task)
+            return self.stacker.predict([combine(folds, None, average, task) for folds in run_fold_probs])
+        if self.weights is None or len(self.weights) != len(run_fold_probs):
+            raise FoldvisionError(f"blend {self.name!r} has no weight for each of {len(run_fold_probs)} run(s).")
+        probs = [p for folds in run_fold_probs for p in folds]
+        weights = [float(w) / len(folds) for w, folds in zip(self.weights, run_fold_probs) for _ in folds]
+        return combine(probs, weights, average, task)
 
 
 def blends_on_oof(
@@ -234,3 +240,25 @@ def blends_on_oof(
         stacker = Stacker(task, stack)
         blends.append(Blend(f"stack_{stack}", stacker.fit_oof(member_probs, targets, folds), None, stacker))
     return blends
+
+
+def reapply_blends(
+    task: Task,
+    blends: Sequence[Blend],
+    member_probs: Sequence[np.ndarray],
+    targets: np.ndarray,
+    folds: np.ndarray,
+    average: str = "mean",
+) -> list[Blend]:
+    """The same blends on other OOF probabilities of the same members (predict.py tta_oof: the rows
+    without TTA), so that a score gap is the inputs' alone: weights are kept as chosen, never
+    re-optimised; only a stacker is refitted (fit_oof), its held-out predictions being honest only
+    when each comes from a fit on the other folds of these very rows."""
+    out = []
+    for b in blends:
+        if b.stacker is not None:
+            stacker = Stacker(task, b.stacker.kind, b.stacker.C)
+            out.append(Blend(b.name, stacker.fit_oof(member_probs, targets, folds), None, stacker))
+        else:
+            out.append(Blend(b.name, combine(member_probs, b.weights, average, task), b.weights))
+    return out

@@ -20,15 +20,23 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+from timm.utils.model import reparameterize_model
 
 from foldvision.bundle import bundled_runs
 from foldvision.config import load_run_config
 from foldvision.data.boxes import bbox_margin
+from foldvision.data.datamodule import make_loader
 from foldvision.data.predict_dataset import MultiSizeDataset
-from foldvision.ensemble import Blend, blends_on_oof, combine, resolve_thresholds
+from foldvision.data.sources import read_table, read_test_table, table_boxes
+from foldvision.ensemble import Blend, blends_on_oof, reapply_blends, resolve_thresholds
 from foldvision.errors import FoldvisionError
+from foldvision.inference import VIEWS, predict_batches, resolve_views
 from foldvision.io import file_sha256, load_checkpoint, read_json, read_oof, write_csv, write_json
-from foldvision.pseudo import pseudo_table, select_confident
+from foldvision.models.backbone import classifier_state, create_classifier
+from foldvision.ort import META_CHECKPOINT_SHA, OrtModel, read_metadata
+from foldvision.pseudo import box_columns, pseudo_table, select_confident
 from foldvision.submission import align_to_sample, format_submission, write_probabilities
 from foldvision.tasks import Task, create_task
 
@@ -65,10 +73,20 @@ def load_run(
     missing = []
     for k in wanted:
         ckpt = path / f"fold_{k}" / f"{checkpoint}.ckpt"
-        if ckpt.is_file() and (checkpoint == "last" or (path / f"fold_{k}" / "result.json").is_file()):
+        finished = (path / f"fold_{k}" / "result.json").is_file()
+        if ckpt.is_file() and (checkpoint == "last" or finished):
             run.checkpoints[k] = ckpt
         else:
             missing.append(k)
+        if checkpoint == "last" and ckpt.is_file() and not finished:  # a killed fold's (maybe mid-epoch) snapshot
+            log.warning(
+                "%s: fold %d has no result.json (its training did not finish); %s may be a mid-epoch snapshot. "
+                "Finish the fold with resume=%s, or choose folds=[...] without it.",
+                path,
+                k,
+                ckpt.name,
+                path,
+            )
     if missing and (not allow_missing or not run.checkpoints):
         raise FoldvisionError(
             f"{path}: fold(s) {missing} have no finished {checkpoint}.ckpt. Train them (rerun with resume={path}), "
@@ -81,17 +99,11 @@ def load_run(
 
 def load_fold_model(run: RunInfo, fold: int, device: torch.device, fuse: bool = True) -> torch.nn.Module:
     """Rebuild the fold's model from the run config and load its weights (weights_only=True)."""
-    from foldvision.models.backbone import create_classifier
-
     model, _ = create_classifier(run.cfg.model, run.task.num_outputs, data_config=run.data_config, pretrained=False)
-    from foldvision.models.backbone import classifier_state
-
     ckpt = load_checkpoint(run.checkpoints[fold])
     model.load_state_dict(classifier_state(ckpt["state_dict"]))
     model.eval()
     if fuse:
-        from timm.utils.model import reparameterize_model
-
         model = reparameterize_model(model)  # RepVGG & co: branches fused into one conv
     return model.to(device)
 
@@ -100,8 +112,6 @@ def load_fold_onnx(run: RunInfo, fold: int, device: torch.device, verified: bool
     """The fold's ONNX model (`foldvision export`) as an OrtModel. Outside a verified bundle, its
     recorded checkpoint checksum must match the checkpoint: an ONNX file exported before the fold
     was trained further would predict with stale weights."""
-    from foldvision.ort import META_CHECKPOINT_SHA, OrtModel, read_metadata
-
     ckpt = run.checkpoints[fold]
     path = ckpt.with_suffix(".onnx")
     if not path.is_file():
@@ -143,8 +153,6 @@ def _device(name: str) -> torch.device:
 
 def _test_table(cfg: DictConfig, run: RunInfo) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Test ids/paths (from the run's data config, overridable) and the sample submission."""
-    from foldvision.data.sources import read_test_table
-
     data_cfg = OmegaConf.create(OmegaConf.to_container(run.cfg.data))
     for key in ("test_csv", "test_image_dir", "sample_submission"):
         if cfg.get(key) is False:  # sample_submission=false: ignore the run's sample
@@ -193,15 +201,6 @@ def align_oof(task: Task, frames: list[pd.DataFrame]) -> tuple[np.ndarray, np.nd
     return targets, frames[0]["fold"].to_numpy(), [f[task.prob_columns()].to_numpy(dtype=np.float32) for f in frames]
 
 
-def oof_ensemble(
-    cfg: DictConfig, runs: list[RunInfo], weights: list[float]
-) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """The weighted ensemble applied to the runs' OOF predictions (rows every run has): its
-    probabilities, the targets, and each member run's probabilities."""
-    targets, _, probs = align_oof(runs[0].task, [_oof(r) for r in runs])
-    return combine(probs, weights, cfg.average, runs[0].task), targets, dict(zip([str(r.path) for r in runs], probs))
-
-
 class _Viewed:
     """A model fed one TTA view: predict_batches then returns every view's probabilities apart,
     from one decode and through the same code as the test set."""
@@ -210,15 +209,11 @@ class _Viewed:
         self.model, self.view = model, view
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from foldvision.inference import VIEWS
-
         return self.model(VIEWS[self.view](x))
 
 
 def _oof_boxes(run: RunInfo, ids: list[str]) -> np.ndarray | None:
     """The crop boxes of the run's training rows `ids` (None when the run did not crop)."""
-    from foldvision.data.sources import read_table, table_boxes
-
     bbox = run.cfg.data.get("bbox") or {}
     if not (bbox.get("columns") or bbox.get("voc_dir")):
         return None
@@ -232,9 +227,6 @@ def tta_oof_frames(
     """Each run's OOF rows re-predicted by the fold model that held them out, through the test
     set's path (MultiSizeDataset, predict_batches): (frames of the identity view, frames averaged
     over the TTA `views`). Rows of folds without a checkpoint here are left out."""
-    from foldvision.data.datamodule import make_loader
-    from foldvision.inference import predict_batches
-
     plain, tta = [], []
     for run in runs:
         oof = _oof(run)
@@ -327,9 +319,6 @@ def _check_options(cfg: DictConfig, n_runs: int) -> tuple[list[float] | str, lis
 
 def run_predict(cfg: DictConfig) -> Path:
     """Predict the test set with every fold of every run; write the submission; return its path."""
-    from foldvision.data.datamodule import make_loader
-    from foldvision.inference import predict_batches, resolve_views
-
     run_paths = [Path(r).absolute() for r in (cfg.runs if not isinstance(cfg.runs, str) else [cfg.runs])]
     if not run_paths:
         raise FoldvisionError("runs=[] is empty: give at least one run folder.")
@@ -388,7 +377,7 @@ def run_predict(cfg: DictConfig) -> Path:
         }
         if cfg.get("tta_oof"):
             p_targets, p_folds, p_members = align_oof(task, plain)
-            p_blends = blends_on_oof(task, p_members, p_targets, p_folds, weights, cfg.get("stack"), cfg.average)
+            p_blends = reapply_blends(task, blends, p_members, p_targets, p_folds, cfg.average)  # like for like
             report["tta_oof"] = {
                 "views": views,
                 "without_tta": _score_blends(task, p_blends, p_members, names, p_targets, thresholds),
@@ -405,8 +394,6 @@ def run_predict(cfg: DictConfig) -> Path:
         models = [load_fold_model(r, k, device, bool(cfg.fuse)) for r, k in members]
     keys = [r.input_key for r, _ in members]
     data_cfg = runs[0].cfg.data
-    from foldvision.data.sources import table_boxes
-
     crops = {str(OmegaConf.to_container(r.cfg.data.get("bbox") or {})) for r in runs}
     if len(crops) > 1:
         raise FoldvisionError(
@@ -466,7 +453,7 @@ def run_predict(cfg: DictConfig) -> Path:
         write_json(pred_dir / "ensemble.json", report)
         _print_report(report, task)
     if (cfg.get("pseudo") or {}).get("out"):
-        _write_pseudo(cfg.pseudo, runs[0], task, ids, dict(zip(test["id"], test["path"])), probs, thresholds)
+        _write_pseudo(cfg.pseudo, runs[0], task, ids, test, probs, thresholds)
     write_csv(out, submission)
     log.info("wrote %s (%d rows)", out, len(submission))
     print(f"submission: {out}")
@@ -478,22 +465,26 @@ def _write_pseudo(
     run: RunInfo,
     task: Task,
     ids: list[str],
-    paths: dict[str, str],
+    test: pd.DataFrame,
     probs: np.ndarray,
     thresholds: np.ndarray | None,
 ) -> None:
-    """pseudo.out=FILE: the confident test predictions as a training table for data.pseudo_csv."""
+    """pseudo.out=FILE: the confident test predictions as a training table for data.pseudo_csv,
+    with the test rows' crop boxes when the run crops (so its pseudo rows are cropped alike)."""
     keep = select_confident(task, probs, thresholds, pcfg.get("threshold"), pcfg.get("top_fraction"))
     data_cfg = run.cfg.data
+    rows = test.astype({"id": str}).set_index("id").loc[ids]
     table = pseudo_table(
         task,
         ids,
-        [str(Path(paths[i]).absolute()) for i in ids],
+        [str(Path(p).absolute()) for p in rows["path"]],
         probs,
         thresholds,
         keep,
         str(data_cfg.get("id_col") or "id"),
         str(data_cfg.get("label_col") or "label"),
+        table_boxes(rows),
+        box_columns(data_cfg),
     )
     out = Path(pcfg.out).absolute()
     write_csv(out, table)
@@ -521,17 +512,12 @@ def _combine_test(
     blend: Blend | None,
     task: Task,
 ) -> np.ndarray:
-    """The test probabilities: the fold models of a run share the run's weight (given, or the
-    blend's), combined in one step; a stacker takes each run's fold average instead."""
-    if blend is not None and blend.stacker is not None:
-        runs_probs = [
-            combine([p for (r, _), p in zip(members, member_probs) if r is run], None, cfg.average, task)
-            for run in runs
-        ]
-        return blend.stacker.predict(runs_probs)
-    run_weights = blend.weights if blend is not None and blend.name != "equal" else weights
-    member_weights = [float(run_weights[runs.index(r)]) / len(r.checkpoints) for r, _ in members]
-    return combine(member_probs, member_weights, cfg.average, task)
+    """The test probabilities: the blend chosen on OOF (or, without OOF, the given run weights)
+    applied to each run's fold models (Blend.apply)."""
+    if blend is None:
+        blend = Blend("weights", np.empty((0, task.num_outputs), np.float32), np.asarray(weights, np.float64))
+    run_fold_probs = [[p for (r, _), p in zip(members, member_probs) if r is run] for run in runs]
+    return blend.apply(run_fold_probs, cfg.average, task)
 
 
 def _answers(cfg: DictConfig, run: RunInfo, task: Task, ids: list[str]) -> np.ndarray | None:
@@ -555,9 +541,6 @@ def _answers(cfg: DictConfig, run: RunInfo, task: Task, ids: list[str]) -> np.nd
 
 
 def _print_report(report: dict[str, Any], task: Task) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     metrics = list(report["ensemble"])
     table = Table()
     table.add_column("member")

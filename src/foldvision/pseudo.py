@@ -5,11 +5,14 @@ for the labelled data, so OOF scores stay clean and comparable with the run befo
 
 The table is in the run's own label format: the id column (data.id_col) and the label column
 (data.label_col, multi-class) or one 0/1 column per label (multi-label), plus `path`, the image
-file (absolute, or relative to the table's folder) and `confidence`.
+file (absolute, or relative to the table's folder) and `confidence`. A run that crops to boxes
+(data.bbox) gets the test table's boxes too, in the data.bbox.columns (box_x1.. for data.bbox.voc_dir),
+so pseudo rows are cropped like the labelled ones.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -17,8 +20,18 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from foldvision.data.sources import BOX_COLS
 from foldvision.errors import FoldvisionError
 from foldvision.tasks import Task
+
+log = logging.getLogger("foldvision")
+
+def box_columns(data_cfg: DictConfig) -> list[str] | None:
+    """The pseudo table's crop-box columns for a run's data config (None: the run does not crop)."""
+    bbox = data_cfg.get("bbox") or {}
+    if bbox.get("columns"):
+        return [str(c) for c in bbox.get("columns")]
+    return list(BOX_COLS) if bbox.get("voc_dir") else None
 
 
 def select_confident(
@@ -59,19 +72,27 @@ def pseudo_table(
     keep: np.ndarray,
     id_col: str,
     label_col: str,
+    boxes: np.ndarray | None = None,
+    box_cols: list[str] | None = None,
 ) -> pd.DataFrame:
-    """The kept rows as a training table (see the module docstring)."""
+    """The kept rows as a training table (see the module docstring); `boxes` (N, 4), the test
+    rows' crop boxes, go into the `box_cols` columns."""
     confidence, _ = task.pseudo_confidence(np.asarray(probs, dtype=np.float32), thresholds)
     labels = task.label_table(probs[keep], thresholds, label_col)
     head = pd.DataFrame({id_col: np.asarray(ids, dtype=object)[keep], "path": np.asarray(paths, dtype=object)[keep]})
+    if boxes is not None and box_cols:
+        head[box_cols] = np.asarray(boxes, dtype=np.float64)[keep]
     out = pd.concat([head, labels.reset_index(drop=True)], axis=1)
     out["confidence"] = np.round(confidence[keep], 6)
     return out
 
 
-def read_pseudo(data_cfg: DictConfig, path: Path, task: Task, labelled_ids: list[str]) -> tuple[list[str], np.ndarray]:
-    """Image paths and encoded targets of a pseudo-label table; refuses ids of labelled images (a
-    test image must not stand in for, or leak into, a labelled one) and missing image files."""
+def read_pseudo(
+    data_cfg: DictConfig, path: Path, task: Task, labelled_ids: list[str]
+) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """Image paths, encoded targets and crop boxes (None: the run does not crop, or the table has
+    no boxes) of a pseudo-label table; refuses ids of labelled images (a test image must not stand
+    in for, or leak into, a labelled one) and missing image files."""
     if not path.is_file():
         raise FoldvisionError(f"data.pseudo_csv={path} not found (relative paths are relative to data.root).")
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -93,4 +114,15 @@ def read_pseudo(data_cfg: DictConfig, path: Path, task: Task, labelled_ids: list
     if missing:
         raise FoldvisionError(f"{path}: {len(missing)} image(s) not found, e.g. {missing[:3]}.")
     labels = task.labels_from_table(df, str(data_cfg.get("label_col") or "label"), str(path))
-    return paths, task.encode(labels, sep=data_cfg.get("label_sep") or " ")
+    boxes = None
+    cols = box_columns(data_cfg)
+    if cols and set(cols) <= set(df.columns):
+        boxes = df[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    elif cols:
+        log.warning(
+            "%s has no box columns %s: its images train uncropped. Write it with predict.py pseudo.out from a "
+            "test table that has the boxes.",
+            path,
+            cols,
+        )
+    return paths, task.encode(labels, sep=data_cfg.get("label_sep") or " "), boxes

@@ -42,6 +42,7 @@ class CVData:
     # pseudo-labelled test images (data.pseudo_csv): training rows of every fold, never validation
     pseudo_paths: list[str] = field(default_factory=list)
     pseudo_targets: np.ndarray | None = None
+    pseudo_boxes: np.ndarray | None = None  # their crop boxes (the test table's), when the run crops
 
     @property
     def ids(self) -> list[str]:
@@ -61,8 +62,9 @@ class CVData:
         boxes = table_boxes(self.table.train)
         margin = bbox_margin(cfg.data)
         n_pseudo = len(self.pseudo_paths)
-        if boxes is not None and n_pseudo:  # NaN box: the pseudo image is not cropped
-            boxes = np.concatenate([boxes, np.full((n_pseudo, 4), np.nan)])
+        if boxes is not None and n_pseudo:  # NaN box (a table without boxes): the pseudo image is not cropped
+            extra = self.pseudo_boxes if self.pseudo_boxes is not None else np.full((n_pseudo, 4), np.nan)
+            boxes = np.concatenate([boxes, extra])
         all_paths = self.paths + self.pseudo_paths
         cache_file = None
         if cfg.data.get("cache"):
@@ -91,22 +93,43 @@ class CVData:
         )
 
 
-def drop_unreadable(data: CVData, cfg: DictConfig, run_dir: Path) -> None:
-    """data.skip_bad=true: decode every image once; rows whose image is missing or fails are
-    dropped (after the folds were assigned, so the split does not change) and listed."""
+def _image_errors(paths: list[str | None], channels: int) -> list[str | None]:
+    """Decode every image once: None where it reads, else why not."""
 
     def check(path: str | None) -> str | None:
         if not isinstance(path, str):  # None / NaN: the id has no image file
             return "no image file for this id"
         try:
-            load_image(path, int(cfg.model.get("in_chans", 3)))
+            load_image(path, channels)
             return None
         except ImageReadError as e:
             return str(e)
 
-    train = data.table.train
     with ThreadPoolExecutor(max_workers=4) as pool:
-        errors = list(pool.map(check, train["path"]))
+        return list(pool.map(check, paths))
+
+
+def drop_unreadable_pseudo(data: CVData, cfg: DictConfig) -> None:
+    """data.skip_bad=true with data.pseudo_csv: pseudo rows whose image fails to decode are dropped
+    and named in a warning (they are extra training rows: no fold changes)."""
+    errors = _image_errors(data.pseudo_paths, int(cfg.model.get("in_chans", 3)))
+    keep = np.array([e is None for e in errors], dtype=bool)
+    if keep.all():
+        return
+    bad = [f"{p} ({e})" for p, e in zip(data.pseudo_paths, errors) if e is not None]
+    log.warning("data.skip_bad=true: skipped %d unreadable pseudo-labelled image(s): %s", len(bad), bad[:5])
+    data.pseudo_paths = [p for p, k in zip(data.pseudo_paths, keep) if k]
+    data.pseudo_targets = data.pseudo_targets[keep]
+    if data.pseudo_boxes is not None:
+        data.pseudo_boxes = data.pseudo_boxes[keep]
+
+
+def drop_unreadable(data: CVData, cfg: DictConfig, run_dir: Path) -> None:
+    """data.skip_bad=true: decode every image once; rows whose image is missing or fails are
+    dropped (after the folds were assigned, so the split does not change) and listed."""
+
+    train = data.table.train
+    errors = _image_errors(train["path"].tolist(), int(cfg.model.get("in_chans", 3)))
     keep = np.array([e is None for e in errors])
     if keep.all():
         return
@@ -164,7 +187,9 @@ def load_cv_data(cfg: DictConfig, run_dir: Path | None = None) -> CVData:
         drop_unreadable(data, cfg, run_dir or Path(cfg.paths.output_dir))
     if cfg.data.get("pseudo_csv"):  # after the folds: the fold file is the labelled data's alone
         pseudo_file = data_path(cfg.data, cfg.data.pseudo_csv)
-        data.pseudo_paths, data.pseudo_targets = read_pseudo(cfg.data, pseudo_file, task, data.ids)
+        data.pseudo_paths, data.pseudo_targets, data.pseudo_boxes = read_pseudo(cfg.data, pseudo_file, task, data.ids)
+        if cfg.data.get("skip_bad"):
+            drop_unreadable_pseudo(data, cfg)
         log.info(
             "%d pseudo-labelled image(s) from %s join every fold's training rows", len(data.pseudo_paths), pseudo_file
         )
