@@ -27,6 +27,7 @@ import torch
 from foldvision import __version__
 from foldvision.errors import FoldvisionError
 from foldvision.io import DIR_MODE, atomic_open, file_sha256, load_checkpoint, read_json, write_json
+from foldvision.models.backbone import classifier_state
 from foldvision.ort import META_CHECKPOINT_SHA, read_metadata
 
 log = logging.getLogger("foldvision")
@@ -61,8 +62,6 @@ def _human(n: float) -> str:
 def _save_weights_only(src: Path, dst: Path) -> None:
     """The checkpoint's model weights (the EMA copy when kept) under the `model.` prefix predict.py
     reads, plus its epoch: no optimizer, scheduler or callback state."""
-    from foldvision.models.backbone import classifier_state
-
     ckpt = load_checkpoint(src)
     state = {f"model.{k}": v for k, v in classifier_state(ckpt["state_dict"]).items()}
     with atomic_open(dst, "wb") as f:

@@ -13,17 +13,24 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import timm
 from omegaconf import DictConfig
+from PIL import Image
+from rich.console import Console
 
+from foldvision.config import resolve_config
+from foldvision.data.cv_data import check_task_fits_data
+from foldvision.data.folds import fold_file_path, load_or_make_folds, make_folds, resolve_strategy
+from foldvision.data.images import ImageReadError, load_image
+from foldvision.data.sources import read_table, read_test_table
 from foldvision.errors import FoldvisionError
+from foldvision.models.backbone import check_weights, create_backbone
+from foldvision.tasks import create_task
+from foldvision.training import check_accelerator
 
 
 def _probe(path: str) -> tuple[str | None, tuple[int, int] | None, str | None]:
     """(error, size, mode) of one image, decoding it fully as training would."""
-    from PIL import Image
-
-    from foldvision.data.images import ImageReadError, load_image
-
     try:
         with Image.open(path) as img:
             size, mode = img.size, img.mode
@@ -37,15 +44,6 @@ def _probe(path: str) -> tuple[str | None, tuple[int, int] | None, str | None]:
 
 def run_check(cfg: DictConfig, workers: int = 4) -> list[str]:
     """Problems found (empty: all good). Prints what it checks as it goes."""
-    import timm
-    from rich.console import Console
-
-    from foldvision.config import resolve_config
-    from foldvision.data.folds import fold_file_path, load_or_make_folds, make_folds, resolve_strategy
-    from foldvision.data.sources import read_table
-    from foldvision.tasks import create_task
-    from foldvision.training import check_accelerator
-
     con = Console(width=110)
     problems: list[str] = []
 
@@ -80,8 +78,6 @@ def run_check(cfg: DictConfig, workers: int = 4) -> list[str]:
     try:
         task = create_task(cfg.task)
         targets = task.encode(table.labels, sep=cfg.data.get("label_sep") or " ")
-        from foldvision.data.cv_data import check_task_fits_data
-
         check_task_fits_data(cfg, targets)
         counts = np.bincount(targets, minlength=task.num_outputs) if targets.ndim == 1 else targets.sum(0).astype(int)
         shown = ", ".join(f"{c}: {int(n)}" for c, n in list(zip(task.classes, counts))[:30])
@@ -91,8 +87,6 @@ def run_check(cfg: DictConfig, workers: int = 4) -> list[str]:
         return problems
 
     paths = [p for p in table.train["path"] if isinstance(p, str)]
-    from foldvision.data.sources import read_test_table
-
     test_error = None
     try:
         test = read_test_table(cfg.data)
@@ -135,10 +129,6 @@ def _check_weights(cfg: DictConfig, ok, bad) -> None:
     """model.weights_file loads into model.name and covers every backbone tensor, or, with
     model.pretrained=true and no file, timm's hub weights can be had (cache or network; offline this
     fails at once, with the two ways on), as training would create them (or why not)."""
-    import timm
-
-    from foldvision.models.backbone import check_weights, create_backbone
-
     if not cfg.model.get("weights_file"):
         if not cfg.model.pretrained:
             ok("weights: random init (model.pretrained=false), no model.weights_file")

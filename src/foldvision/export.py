@@ -24,7 +24,7 @@ import torch
 from omegaconf import OmegaConf
 
 from foldvision.errors import FoldvisionError
-from foldvision.io import FILE_MODE, file_sha256
+from foldvision.io import FILE_MODE, file_sha256, read_oof
 from foldvision.ort import META_CHECKPOINT_SHA, META_INPUT, OrtModel, require
 from foldvision.predict import MultiSizeDataset, RunInfo, _test_table, load_fold_model, load_run
 
@@ -43,8 +43,6 @@ def check_images(run: RunInfo, n: int) -> torch.Tensor:
     except FoldvisionError:
         pass
     if (run.path / "oof.csv").is_file():
-        from foldvision.io import read_oof
-
         paths += read_oof(run.path / "oof.csv")["path"].tolist()
     paths = [p for p in paths if isinstance(p, str) and Path(p).is_file()][:n]
     if not paths:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import IO, Any, Iterator
 
 import numpy as np
 import pandas as pd
+
+from foldvision.errors import FoldvisionError
 
 
 def _read_umask() -> int:
@@ -31,8 +34,6 @@ def fault_point(name: str) -> None:
     """Fault injection for the kill tests: SIGKILL this process at the named point when
     FOLDVISION_KILL_AT names it (e.g. `replace:last.ckpt`). A no-op otherwise."""
     if os.environ.get("FOLDVISION_KILL_AT") == name:
-        import signal
-
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -120,9 +121,7 @@ def _json_default(o: Any) -> Any:
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """torch.load with weights_only=True: tensors and plain containers only, never arbitrary
     objects, so a checkpoint from elsewhere cannot run code when loaded."""
-    import torch
-
-    from foldvision.errors import FoldvisionError
+    import torch  # deferred: config.py (loaded by every CLI command) imports this module
 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)

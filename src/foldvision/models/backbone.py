@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from contextlib import contextmanager
 from typing import Any, Iterator
+from urllib.parse import urlparse
 
+import timm
+import timm.data
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -48,9 +52,6 @@ def _offline_hint(name: str, error: Exception) -> FoldvisionError:
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub answers a TCP connection (behind a proxy: assumed so)."""
-    import socket
-    from urllib.parse import urlparse
-
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True
     url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
@@ -91,8 +92,6 @@ def create_backbone(cfg: DictConfig, num_classes: int, pretrained: bool | None =
     `model.head_init` says. `pretrained=False` from the caller (predict.py and the pre-flight
     checks, which load fold weights or none) creates the bare network and logs nothing.
     """
-    import timm
-
     if not timm.is_model(cfg.name):
         close = timm.list_models(f"*{cfg.name.split('_')[0]}*")[:8]
         raise FoldvisionError(f"model.name={cfg.name!r} is not a timm model. Similar names: {close}. See timm.list_models().")
@@ -137,8 +136,6 @@ def create_backbone(cfg: DictConfig, num_classes: int, pretrained: bool | None =
 
 
 def _has_hub_weights(name: str) -> bool:
-    import timm
-
     return bool(timm.list_pretrained(name.split(".")[0] + "*"))
 
 
@@ -148,8 +145,6 @@ def check_weights(cfg: DictConfig, num_classes: int = 2) -> LoadReport | None:
     seconds, not after the data is read (the class count only decides whether the head is reused)."""
     if not cfg.get("weights_file"):
         return None
-    import timm
-
     if not timm.is_model(cfg.name):
         raise FoldvisionError(f"model.name={cfg.name!r} is not a timm model. See timm.list_models().")
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": int(cfg.get("in_chans", 3))}
@@ -157,8 +152,6 @@ def check_weights(cfg: DictConfig, num_classes: int = 2) -> LoadReport | None:
 
 
 def _create(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
-    import timm
-
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as e:  # a model without stochastic depth
@@ -170,8 +163,6 @@ def _create(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
 
 def resolve_data_config(cfg: DictConfig, backbone: nn.Module, image_size: Any = None) -> dict[str, Any]:
     """Input size, mean and std: from the config where set, else the backbone's pretrained config."""
-    import timm.data
-
     data_cfg = timm.data.resolve_model_data_config(backbone)
     in_chans = int(cfg.get("in_chans", 3))
     if image_size is None:

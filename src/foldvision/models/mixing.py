@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from omegaconf import DictConfig
+from timm.data import Mixup
 
 
 def create_mixer(
@@ -29,8 +30,6 @@ def create_mixer(
     mixup, cutmix = float(augment.get("mixup") or 0), float(augment.get("cutmix") or 0)
     if mixup <= 0 and cutmix <= 0:
         return None
-    from timm.data import Mixup
-
     alpha = float(augment.get("mix_alpha") or 1.0)
     return Mixup(
         mixup_alpha=alpha if mixup > 0 else 0.0,

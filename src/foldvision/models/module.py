@@ -8,6 +8,7 @@ from typing import Any, Callable
 import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig
+from timm.utils import ModelEmaV3
 
 from foldvision.errors import FoldvisionError
 from foldvision.models.backbone import Classifier
@@ -56,8 +57,6 @@ class ClassifierModule(pl.LightningModule):
         self.freeze_epochs = freeze_epochs
         self.ema = None
         if ema_decay:
-            from timm.utils import ModelEmaV3
-
             self.ema = ModelEmaV3(model, decay=float(ema_decay))
             # ModelEmaV3 puts its copy in eval mode; Lightning switches modes itself (the copy only
             # runs in validation) and warns about modules left in eval mode at the start of fit

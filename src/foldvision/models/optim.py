@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from foldvision.errors import FoldvisionError
@@ -40,8 +41,6 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_f
     """Head groups first (create_scheduler reads the head LR from the optimizer's defaults), then the
     backbone at lr x backbone_lr_factor; each split by timm's rule (1-d tensors and biases, plus the
     model's `no_weight_decay()` names, get no weight decay). Empty groups are left out."""
-    from timm.optim import param_groups_weight_decay
-
     backbone = model.backbone if hasattr(model, "backbone") else model
     head = {id(p) for m in classifier_modules(backbone) for p in m.parameters()}
     skip = backbone.no_weight_decay() if hasattr(backbone, "no_weight_decay") else set()

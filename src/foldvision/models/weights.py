@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from timm.models._manipulate import adapt_input_conv
 from torch import nn
 
@@ -91,8 +92,6 @@ def resolve_weights_path(spec: str) -> Path:
 def read_state_dict(path: Path) -> State:
     """The tensors of a weights file, unwrapped from the containers training scripts save."""
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     obj = load_checkpoint(path)
     return unwrap(obj, path)
