@@ -52,7 +52,7 @@ class CVData:
 
     def dataset(self, cfg: DictConfig, data_config: dict[str, Any], rows: np.ndarray, train: bool = False):
         """An ImageDataset of the selected rows: train or eval transforms, crop boxes, and the
-        decoded-image cache when data.cache=true (built once for the whole table)."""
+        decoded-image cache per data.cache (built once for the whole table)."""
         from foldvision.data.datamodule import ImageDataset
         from foldvision.data.sources import table_boxes
         from foldvision.data.transforms import eval_transform, train_transform
@@ -60,12 +60,10 @@ class CVData:
         size, channels = data_config["image_size"], data_config["in_chans"]
         boxes = table_boxes(self.table.train)
         margin = float(cfg.data.bbox.margin) if cfg.data.get("bbox") else 0.0
-        cache_file = None
-        if cfg.data.get("cache"):
-            from foldvision.data.cache import build_cache
+        from foldvision.data.cache import cache_file_for
 
-            cache_dir = cfg.data.get("cache_dir") or Path(cfg.data.root) / "cache"
-            cache_file = str(build_cache(self.paths, size, channels, cache_dir, max(2, int(cfg.data.num_workers)), boxes, margin))
+        cache_file = cache_file_for(cfg.data, self.paths, size, channels, boxes, margin)  # data.cache=auto|true|false
+        cache_file = str(cache_file) if cache_file else None
         resize = cache_file is None
         transform = train_transform(size, cfg.get("augment"), resize) if train else eval_transform(size, resize)
         return ImageDataset(
