@@ -16,6 +16,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
+from foldvision.checkpointing import EpochCheckpoint
 from foldvision.errors import FoldvisionError
 from foldvision.io import atomic_open, load_checkpoint
 
@@ -176,7 +177,7 @@ def build_trainer(cfg: DictConfig, fold_dir: Path, monitor: str, mode: str = "ma
 
     `batches_per_epoch` caps trainer.log_every_n_steps so that small datasets still log their
     training loss every epoch (Lightning warns, and logs nothing, when an epoch is shorter)."""
-    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     quiet_lightning_logging()
@@ -189,7 +190,7 @@ def build_trainer(cfg: DictConfig, fold_dir: Path, monitor: str, mode: str = "ma
         tcfg["log_every_n_steps"] = max(1, min(int(tcfg.get("log_every_n_steps", 50)), batches_per_epoch))
     cb_cfg = cfg.callbacks
     callbacks: list[pl.Callback] = [
-        ModelCheckpoint(
+        EpochCheckpoint(  # last.ckpt once per epoch, best.ckpt a link to it (checkpointing.py)
             dirpath=fold_dir, filename="best", monitor=monitor, mode=mode,
             save_last=bool(cb_cfg.checkpoint.save_last), save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False,
         ),
