@@ -26,6 +26,8 @@ def test_auto_is_the_default_and_caches_small_data(folder_data: Path, tmp_path: 
     with caplog.at_level(logging.INFO, logger="foldvision"):
         run_cv(cfg, tmp_path / "run")
     assert len(list((folder_data / "cache").glob("images_32x32x3_*.npy"))) == 1
+    # the pre-flight plots, drawn in a background thread, are finished before the run ends
+    assert all((tmp_path / "run" / "report" / f).stat().st_size > 0 for f in ("lr_schedule.png", "augmentations.png"))
     lines = [r.getMessage() for r in caplog.records if "data.cache=auto" in r.getMessage()]
     assert len(lines) == 1, lines  # one decision per dataset, not one per fold or split
     assert "data.cache=auto: caching: 30 images at 32x32x3" in lines[0] and "MiB decoded" in lines[0]
