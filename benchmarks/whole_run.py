@@ -14,7 +14,8 @@ augmentation, 5 stratified folds, OMP/torch threads = --threads.
 - bare: this script with `--side bare`: imports, decodes every PNG once into memory, then per fold
   trains and predicts the validation rows once (OOF); no per-epoch validation, no checkpoints.
 Both are fresh processes timed from the outside (start-up included), alternated REPEATS times;
-the ratio of the medians is printed. `--breakdown` adds one instrumented foldvision run
+the ratio of the medians is printed, of wall time and of CPU time (user + system: with one thread
+per side, the figure that stays meaningful when other jobs share the cores). `--breakdown` adds one instrumented foldvision run
 (`--side profile`: train.py in-process with timers around its phases) and prints the phases.
 """
 
@@ -256,14 +257,19 @@ def profile(train_args: list[str], out: Path) -> None:
 # the driver
 
 
-def _run(cmd: list[str], threads: int) -> float:
+def _run(cmd: list[str], threads: int) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system, the process and its children) of `cmd`."""
+    import resource
+
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     wall = time.time() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
-    return wall
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -290,6 +296,7 @@ def main() -> None:
     runs = work / "runs"
     me = [sys.executable, str(Path(__file__).resolve())]
     walls: dict[str, list[float]] = {"foldvision": [], "bare": []}
+    cpus: dict[str, list[float]] = {"foldvision": [], "bare": []}
     bare_out = work / "bare.json"
     for r in range(a.repeats):
         run = runs / f"e{a.epochs}_{time.time_ns()}"
@@ -298,23 +305,28 @@ def main() -> None:
                 cmd = [sys.executable, "train.py", *foldvision_overrides(data, run, a.epochs)]
             else:
                 cmd = [*me, "--side", "bare", "--epochs", str(a.epochs), "--work", str(work), "--out", str(bare_out)]
-            walls[side].append(_run(cmd, a.threads))
-            print(f"repeat {r}: {side} {walls[side][-1]:.1f} s", flush=True)
+            wall, cpu = _run(cmd, a.threads)
+            walls[side].append(round(wall, 1))
+            cpus[side].append(round(cpu, 1))
+            print(f"repeat {r}: {side} {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
     fv, br = statistics.median(walls["foldvision"]), statistics.median(walls["bare"])
+    fv_cpu, br_cpu = statistics.median(cpus["foldvision"]), statistics.median(cpus["bare"])
     fv_summary = json.loads((run / "cv_summary.json").read_text())
     result = {
         "epochs": a.epochs, "threads": a.threads, "images": N_IMAGES, "walls": walls,
-        "foldvision_s": round(fv, 1), "bare_s": round(br, 1), "ratio": round(fv / br, 3),
+        "foldvision_s": round(fv, 1), "bare_s": round(br, 1), "ratio": round(fv / br, 3), "cpu": cpus,
+        "foldvision_cpu_s": round(fv_cpu, 1), "bare_cpu_s": round(br_cpu, 1), "cpu_ratio": round(fv_cpu / br_cpu, 3),
         "foldvision_oof_accuracy": fv_summary["oof"]["accuracy"], "bare": json.loads(bare_out.read_text()),
     }
     if a.breakdown:
         prof = work / "profile.json"
         run = runs / f"e{a.epochs}_profile_{time.time_ns()}"
         cmd = [*me, "--side", "profile", "--out", str(prof), "--work", str(work), "--", *foldvision_overrides(data, run, a.epochs)]
-        result["profile_wall_s"] = round(_run(cmd, a.threads), 1)
+        result["profile_wall_s"], result["profile_cpu_s"] = (round(v, 1) for v in _run(cmd, a.threads))
         result["foldvision_phases"] = {k: round(v, 2) for k, v in json.loads(prof.read_text()).items()}
     print(json.dumps(result, indent=1))
-    print(f"\nfoldvision {fv:.1f} s / bare {br:.1f} s = {fv / br:.3f}x  (medians of {a.repeats}, {a.threads} thread(s))")
+    print(f"\nfoldvision {fv:.1f} s / bare {br:.1f} s = {fv / br:.3f}x wall; CPU {fv_cpu:.1f} s / {br_cpu:.1f} s = "
+          f"{fv_cpu / br_cpu:.3f}x  (medians of {a.repeats}, {a.threads} thread(s))")
 
 
 if __name__ == "__main__":
