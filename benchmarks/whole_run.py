@@ -257,11 +257,14 @@ def profile(train_args: list[str], out: Path) -> None:
 # the driver
 
 
-def _run(cmd: list[str], threads: int) -> tuple[float, float]:
-    """Wall seconds and CPU seconds (user + system, the process and its children) of `cmd`."""
+def _run(cmd: list[str], threads: int, src: str | None = None) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system, the process and its children) of `cmd`,
+    importing foldvision from `src` when given."""
     import resource
 
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if src:
+        env["PYTHONPATH"] = src
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
@@ -279,6 +282,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="OMP/torch threads of both sides (2 threads on 2 shared cores are noisy)")
     p.add_argument("--breakdown", action="store_true", help="one more, instrumented foldvision run: where its time goes")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "foldvision_whole_run"), help="data and run folders")
+    p.add_argument("--baseline-src", help="also time foldvision imported from this src folder (an older checkout): A/B of a change")
     p.add_argument("--side", choices=["bare", "profile"], help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
@@ -295,23 +299,26 @@ def main() -> None:
     make_data(data)
     runs = work / "runs"
     me = [sys.executable, str(Path(__file__).resolve())]
-    walls: dict[str, list[float]] = {"foldvision": [], "bare": []}
-    cpus: dict[str, list[float]] = {"foldvision": [], "bare": []}
+    sides = ["foldvision", "bare"] + (["baseline"] if a.baseline_src else [])
+    walls: dict[str, list[float]] = {s: [] for s in sides}
+    cpus: dict[str, list[float]] = {s: [] for s in sides}
     bare_out = work / "bare.json"
     for r in range(a.repeats):
-        run = runs / f"e{a.epochs}_{time.time_ns()}"
-        for side in (("foldvision", "bare") if r % 2 == 0 else ("bare", "foldvision")):
-            if side == "foldvision":
-                cmd = [sys.executable, "train.py", *foldvision_overrides(data, run, a.epochs)]
-            else:
+        for side in (sides if r % 2 == 0 else sides[::-1]):
+            if side == "bare":
                 cmd = [*me, "--side", "bare", "--epochs", str(a.epochs), "--work", str(work), "--out", str(bare_out)]
-            wall, cpu = _run(cmd, a.threads)
+            else:
+                run = runs / f"e{a.epochs}_{side}_{time.time_ns()}"
+                cmd = [sys.executable, "train.py", *foldvision_overrides(data, run, a.epochs)]
+            wall, cpu = _run(cmd, a.threads, a.baseline_src if side == "baseline" else None)
+            if side == "foldvision":
+                fv_run = run
             walls[side].append(round(wall, 1))
             cpus[side].append(round(cpu, 1))
             print(f"repeat {r}: {side} {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
     fv, br = statistics.median(walls["foldvision"]), statistics.median(walls["bare"])
     fv_cpu, br_cpu = statistics.median(cpus["foldvision"]), statistics.median(cpus["bare"])
-    fv_summary = json.loads((run / "cv_summary.json").read_text())
+    fv_summary = json.loads((fv_run / "cv_summary.json").read_text())
     result = {
         "epochs": a.epochs, "threads": a.threads, "images": N_IMAGES, "walls": walls,
         "foldvision_s": round(fv, 1), "bare_s": round(br, 1), "ratio": round(fv / br, 3), "cpu": cpus,
@@ -324,6 +331,11 @@ def main() -> None:
         cmd = [*me, "--side", "profile", "--out", str(prof), "--work", str(work), "--", *foldvision_overrides(data, run, a.epochs)]
         result["profile_wall_s"], result["profile_cpu_s"] = (round(v, 1) for v in _run(cmd, a.threads))
         result["foldvision_phases"] = {k: round(v, 2) for k, v in json.loads(prof.read_text()).items()}
+    if a.baseline_src:
+        result["baseline_s"] = round(statistics.median(walls["baseline"]), 1)
+        result["baseline_cpu_s"] = round(statistics.median(cpus["baseline"]), 1)
+        result["baseline_ratio"] = round(result["baseline_s"] / br, 3)
+        result["baseline_cpu_ratio"] = round(result["baseline_cpu_s"] / br_cpu, 3)
     print(json.dumps(result, indent=1))
     print(f"\nfoldvision {fv:.1f} s / bare {br:.1f} s = {fv / br:.3f}x wall; CPU {fv_cpu:.1f} s / {br_cpu:.1f} s = "
           f"{fv_cpu / br_cpu:.3f}x  (medians of {a.repeats}, {a.threads} thread(s))")
