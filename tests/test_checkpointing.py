@@ -54,7 +54,9 @@ def _fit(tmp_path: Path, scores: list[float], monkeypatch: pytest.MonkeyPatch) -
 
 def test_one_write_per_epoch_and_last_even_without_improvement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fold_dir, writes = _fit(tmp_path, [0.5, 0.8, 0.6], monkeypatch)
-    assert writes == ["last.ckpt"] * 3  # Lightning's ModelCheckpoint: best, last, best, last (and no last in epoch 2)
+    # one write per epoch (an improving epoch's under a temp name, renamed to last.ckpt);
+    # Lightning's ModelCheckpoint: best, last, best, last, and no last.ckpt in epoch 2
+    assert len(writes) == 3 and all("last.ckpt" in w for w in writes), writes
     last, best = load_checkpoint(fold_dir / "last.ckpt"), load_checkpoint(fold_dir / "best.ckpt")
     assert last["epoch"] == 2  # the epoch that did not improve is still resumable from
     assert best["epoch"] == 1  # written when epoch 1 improved, kept when epoch 2 replaced last.ckpt
@@ -64,6 +66,6 @@ def test_one_write_per_epoch_and_last_even_without_improvement(tmp_path: Path, m
 
 def test_best_is_a_link_to_last_when_the_last_epoch_is_best(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fold_dir, writes = _fit(tmp_path, [0.5, 0.8], monkeypatch)
-    assert writes == ["last.ckpt"] * 2
+    assert len(writes) == 2 and all("last.ckpt" in w for w in writes), writes
     assert os.path.samefile(fold_dir / "best.ckpt", fold_dir / "last.ckpt")
     assert load_checkpoint(fold_dir / "best.ckpt")["epoch"] == 1

@@ -4,10 +4,15 @@ and best.ckpt becomes a hard link to it when the monitored metric improves.
 Lightning's ModelCheckpoint writes best.ckpt and then last.ckpt in full in an improving epoch (two
 serialisations, two fsyncs: for a resnet18 with AdamW, 2 x 130 MB), and in Lightning 2.6 writes no
 last.ckpt at all in an epoch that does not improve. Here last.ckpt is written every epoch, so a
-killed fold resumes from its latest epoch, and best.ckpt costs nothing: a link made beside it under a
-temp name and renamed over best.ckpt, so a kill at any moment leaves the previous best.ckpt or the
-new one, never neither. A later last.ckpt is a new file renamed over the name, which leaves the
-linked best.ckpt untouched. Where the file system has no hard links, best.ckpt is a copy.
+killed fold resumes from its latest epoch, and best.ckpt costs nothing.
+
+In an improving epoch the order keeps a kill at any moment harmless: the checkpoint is written
+once under a temp name, hard-linked into place as best.ckpt (link under a temp name, rename), and
+only then renamed to last.ckpt. So a last.ckpt never names a best.ckpt that is not there: killed
+before the last rename, the run resumes from the previous last.ckpt and redoes the epoch, which
+(seeded per epoch) gives the same checkpoint again. A later last.ckpt is a new file renamed over
+the name, which leaves the linked best.ckpt untouched. Where the file system has no hard links,
+best.ckpt is a copy.
 """
 
 from __future__ import annotations
@@ -63,9 +68,16 @@ class EpochCheckpoint(ModelCheckpoint):
         if self._in_topk:  # the new best: becomes a link to the last.ckpt written next
             self._pending_best = filepath
             return
-        super()._save_checkpoint(trainer, filepath)
-        if self._pending_best is not None:
-            best, self._pending_best = self._pending_best, None
-            if trainer.is_global_zero:
-                link_or_copy(filepath, best)
-            trainer.strategy.barrier()
+        best, self._pending_best = self._pending_best, None
+        if best is None:
+            super()._save_checkpoint(trainer, filepath)
+            return
+        last = Path(filepath)
+        staged = last.with_name(f".{last.name}.{os.getpid()}.staged.tmp")  # a stale one is removed by a later run
+        super()._save_checkpoint(trainer, str(staged))
+        if trainer.is_global_zero:
+            link_or_copy(staged, best)
+            fault_point(f"replace:{last.name}")
+            os.replace(staged, last)
+        self._last_checkpoint_saved = filepath
+        trainer.strategy.barrier()
