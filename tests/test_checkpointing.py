@@ -35,7 +35,7 @@ class Scripted(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def _fit(tmp_path: Path, scores: list[float], monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[str]]:
+def _fit(tmp_path: Path, scores: list[float], monkeypatch: pytest.MonkeyPatch, *overrides: str) -> tuple[Path, list[str]]:
     writes: list[str] = []
     save = AtomicCheckpointIO.save_checkpoint
 
@@ -44,7 +44,7 @@ def _fit(tmp_path: Path, scores: list[float], monkeypatch: pytest.MonkeyPatch) -
         return save(self, checkpoint, path, storage_options)
 
     monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", counted)
-    cfg = compose_cfg(f"trainer.max_epochs={len(scores)}", "logger=none")
+    cfg = compose_cfg(f"trainer.max_epochs={len(scores)}", "logger=none", *overrides)
     fold_dir = tmp_path / "fold_0"
     trainer = build_trainer(cfg, fold_dir, "val/acc")
     data = TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,)))
@@ -69,3 +69,12 @@ def test_best_is_a_link_to_last_when_the_last_epoch_is_best(tmp_path: Path, monk
     assert len(writes) == 2 and all("last.ckpt" in w for w in writes), writes
     assert os.path.samefile(fold_dir / "best.ckpt", fold_dir / "last.ckpt")
     assert load_checkpoint(fold_dir / "best.ckpt")["epoch"] == 1
+
+
+def test_validate_every_n_epochs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """trainer.check_val_every_n_epoch=2: validation, best.ckpt and last.ckpt at epochs 1 and 3 only,
+    so the unvalidated epoch 2, although scripted best, is never chosen."""
+    fold_dir, writes = _fit(tmp_path, [0.1, 0.5, 0.9, 0.6], monkeypatch, "trainer.check_val_every_n_epoch=2")
+    assert len(writes) == 2, writes
+    assert load_checkpoint(fold_dir / "best.ckpt")["epoch"] == 3
+    assert load_checkpoint(fold_dir / "last.ckpt")["epoch"] == 3

@@ -57,7 +57,7 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 # Keys that later foldvision versions added, with the value that reproduces what runs saved before
 # them did: a saved config without the key means this value (so such runs still resume and merge).
-ADDED_KEYS = {"trainer.num_nodes": 1, "data.cache_budget": 0.25}
+ADDED_KEYS = {"trainer.num_nodes": 1, "data.cache_budget": 0.25, "trainer.check_val_every_n_epoch": 1}
 
 
 def config_differences(a: DictConfig, b: DictConfig, ignore: tuple[str, ...] = RESUME_SAFE_KEYS) -> list[str]:
