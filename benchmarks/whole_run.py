@@ -3,6 +3,7 @@ data and settings, back to back, as a ratio; plus where foldvision's time goes.
 
 python benchmarks/whole_run.py [--epochs 3] [--repeats 3] [--threads 1] [--breakdown]
 python benchmarks/whole_run.py --epochs 30 --repeats 1 --breakdown     # the 10x larger case
+python benchmarks/whole_run.py --repeats 0 --breakdown --clock cpu --baseline-src OLD/src  # phases in CPU seconds, A/B
 
 Data: 1,257 real 32 px digit images (scikit-learn's bundled 8x8 digit scans, upscaled as the
 built-in demo does: data/builtin.py), written once as PNGs in the ImageFolder layout.
@@ -32,6 +33,16 @@ import time
 from pathlib import Path
 
 T_PROCESS = time.time()  # set at import, before torch: start-up is measured from here
+_CLOCK = {"clock": time.time, "start": T_PROCESS}  # --clock cpu: time.process_time, which counts from process start
+
+
+def clock() -> float:
+    return _CLOCK["clock"]()
+
+
+def since_start() -> float:
+    """Seconds since the process started (on the chosen clock): the start-up phase."""
+    return clock() - _CLOCK["start"]
 ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES = 1257
 
@@ -78,8 +89,8 @@ def bare(data: Path, epochs: int, batch: int = 64, folds: int = 5, seed: int = 4
     from PIL import Image
     from sklearn.model_selection import StratifiedKFold
 
-    t = {"startup": time.time() - T_PROCESS}
-    t0 = time.time()
+    t = {"startup": since_start()}
+    t0 = clock()
     files = sorted((data / "train").glob("*/*.png"))
     x = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])  # decoded once
     y = np.array([int(f.parent.name) for f in files])
@@ -87,11 +98,11 @@ def bare(data: Path, epochs: int, batch: int = 64, folds: int = 5, seed: int = 4
     y_t = torch.from_numpy(y)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
-    t["decode"] = time.time() - t0
+    t["decode"] = clock() - t0
     t["train"] = t["oof"] = 0.0
     oof = np.zeros((len(y), 10), dtype=np.float32)
     for k, (tr, va) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y)):
-        t0 = time.time()
+        t0 = clock()
         torch.manual_seed(seed + k)
         model = timm.create_model("resnet18", pretrained=False, num_classes=10)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
@@ -108,14 +119,14 @@ def bare(data: Path, epochs: int, batch: int = 64, folds: int = 5, seed: int = 4
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-        t["train"] += time.time() - t0
-        t0 = time.time()
+        t["train"] += clock() - t0
+        t0 = clock()
         model.eval()
         with torch.inference_mode():
             for i in range(0, len(va), batch):
                 idx = torch.from_numpy(va[i : i + batch])
                 oof[va[i : i + batch]] = model((x[idx].float() - mean) / std).softmax(1).numpy()
-        t["oof"] += time.time() - t0
+        t["oof"] += clock() - t0
     t["oof_accuracy"] = float((oof.argmax(1) == y).mean())
     return t
 
@@ -138,11 +149,11 @@ class _Phases:
         fn = getattr(owner, attr)
 
         def timed(*a, **kw):
-            t0 = time.time()
+            t0 = clock()
             try:
                 return fn(*a, **kw)
             finally:
-                self.add(name, time.time() - t0)
+                self.add(name, clock() - t0)
 
         setattr(owner, attr, timed)
 
@@ -169,24 +180,24 @@ def profile(train_args: list[str], out: Path) -> None:
 
     class Timer(pl.Callback):
         def on_fit_start(self, trainer, pl_module):
-            state["fit_start"] = time.time()
+            state["fit_start"] = clock()
 
         def on_train_start(self, trainer, pl_module):
-            state["train_start"] = time.time()
+            state["train_start"] = clock()
             ph.add("fold set-up", state["train_start"] - state["fit_start"])
 
         def on_validation_start(self, trainer, pl_module):
-            state["val_start"] = time.time()
+            state["val_start"] = clock()
 
         def on_validation_end(self, trainer, pl_module):  # runs before ModelCheckpoint's (Lightning puts it last)
-            ph.add("validation", time.time() - state["val_start"])
+            ph.add("validation", clock() - state["val_start"])
 
         def on_train_end(self, trainer, pl_module):
-            state["train_end"] = time.time()
+            state["train_end"] = clock()
             ph.add("train loop", state["train_end"] - state["train_start"])
 
         def on_fit_end(self, trainer, pl_module):
-            state["fit_end"] = time.time()
+            state["fit_end"] = clock()
 
     build = training.build_trainer
 
@@ -203,12 +214,12 @@ def profile(train_args: list[str], out: Path) -> None:
     train_fold = cv.train_fold
 
     def train_fold_timed(*a, **kw):
-        t0 = time.time()
+        t0 = clock()
         state["fit_start"] = state["fit_end"] = state["train_start"] = state["train_end"] = t0
         fit = pl.Trainer.fit
 
         def fit_timed(self, *fa, **fkw):
-            ph.add("fold set-up", time.time() - t0)  # model, datasets, Trainer
+            ph.add("fold set-up", clock() - t0)  # model, datasets, Trainer
             return fit(self, *fa, **fkw)
 
         pl.Trainer.fit = fit_timed
@@ -216,7 +227,7 @@ def profile(train_args: list[str], out: Path) -> None:
             result = train_fold(*a, **kw)
         finally:
             pl.Trainer.fit = fit
-        ph.add("OOF", time.time() - state["fit_end"])
+        ph.add("OOF", clock() - state["fit_end"])
         ph.add("fit teardown", state["fit_end"] - state["train_end"])
         return result
 
@@ -224,13 +235,13 @@ def profile(train_args: list[str], out: Path) -> None:
     run_cv = cv.run_cv
 
     def run_cv_timed(*a, **kw):
-        ph.add("start-up", time.time() - T_PROCESS)
-        t0 = time.time()
+        ph.add("start-up", since_start())
+        t0 = clock()
         try:
             return run_cv(*a, **kw)
         finally:
-            ph.add("run_cv", time.time() - t0)
-            state["run_cv_end"] = time.time()
+            ph.add("run_cv", clock() - t0)
+            state["run_cv_end"] = clock()
 
     cv.run_cv = run_cv_timed
     ph.wrap(cv, "load_cv_data", "data")
@@ -249,7 +260,7 @@ def profile(train_args: list[str], out: Path) -> None:
     s["training"] = s.pop("train loop", 0.0) - s.get("validation", 0.0) - s.get("checkpoints", 0.0)
     accounted = sum(v for k, v in s.items() if k not in ("start-up", "run_cv"))
     s["other (in run_cv)"] = s.pop("run_cv") - accounted
-    s["exit"] = time.time() - state["run_cv_end"]  # measured up to here; interpreter shutdown is in the outer wall time
+    s["exit"] = clock() - state["run_cv_end"]  # measured up to here; interpreter shutdown is in the outer wall time
     out.write_text(json.dumps(s, indent=1))
 
 
@@ -278,17 +289,21 @@ def _run(cmd: list[str], threads: int, src: str | None = None) -> tuple[float, f
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="0: no timed pairs (with --breakdown: only the instrumented runs)")
     p.add_argument("--threads", type=int, default=1, help="OMP/torch threads of both sides (2 threads on 2 shared cores are noisy)")
     p.add_argument("--breakdown", action="store_true", help="one more, instrumented foldvision run: where its time goes")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "foldvision_whole_run"), help="data and run folders")
     p.add_argument("--baseline-src", help="also time foldvision imported from this src folder (an older checkout): A/B of a change")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="clock of the phase breakdowns: cpu (process CPU time, all threads) stays meaningful on busy cores")
     p.add_argument("--side", choices=["bare", "profile"], help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     a = p.parse_args()
     work = Path(a.work)
     data = work / "digits"
+    if a.clock == "cpu":
+        _CLOCK.update(clock=time.process_time, start=0.0)
     if a.side == "bare":
         Path(a.out).write_text(json.dumps(bare(data, a.epochs), indent=1))
         return
@@ -306,7 +321,7 @@ def main() -> None:
     for r in range(a.repeats):
         for side in (sides if r % 2 == 0 else sides[::-1]):
             if side == "bare":
-                cmd = [*me, "--side", "bare", "--epochs", str(a.epochs), "--work", str(work), "--out", str(bare_out)]
+                cmd = [*me, "--side", "bare", "--epochs", str(a.epochs), "--work", str(work), "--out", str(bare_out), "--clock", a.clock]
             else:
                 run = runs / f"e{a.epochs}_{side}_{time.time_ns()}"
                 cmd = [sys.executable, "train.py", *foldvision_overrides(data, run, a.epochs)]
@@ -316,30 +331,38 @@ def main() -> None:
             walls[side].append(round(wall, 1))
             cpus[side].append(round(cpu, 1))
             print(f"repeat {r}: {side} {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
-    fv, br = statistics.median(walls["foldvision"]), statistics.median(walls["bare"])
-    fv_cpu, br_cpu = statistics.median(cpus["foldvision"]), statistics.median(cpus["bare"])
-    fv_summary = json.loads((fv_run / "cv_summary.json").read_text())
-    result = {
-        "epochs": a.epochs, "threads": a.threads, "images": N_IMAGES, "walls": walls,
-        "foldvision_s": round(fv, 1), "bare_s": round(br, 1), "ratio": round(fv / br, 3), "cpu": cpus,
-        "foldvision_cpu_s": round(fv_cpu, 1), "bare_cpu_s": round(br_cpu, 1), "cpu_ratio": round(fv_cpu / br_cpu, 3),
-        "foldvision_oof_accuracy": fv_summary["oof"]["accuracy"], "bare": json.loads(bare_out.read_text()),
-    }
-    if a.breakdown:
-        prof = work / "profile.json"
-        run = runs / f"e{a.epochs}_profile_{time.time_ns()}"
-        cmd = [*me, "--side", "profile", "--out", str(prof), "--work", str(work), "--", *foldvision_overrides(data, run, a.epochs)]
-        result["profile_wall_s"], result["profile_cpu_s"] = (round(v, 1) for v in _run(cmd, a.threads))
-        result["foldvision_phases"] = {k: round(v, 2) for k, v in json.loads(prof.read_text()).items()}
-    if a.baseline_src:
-        result["baseline_s"] = round(statistics.median(walls["baseline"]), 1)
-        result["baseline_cpu_s"] = round(statistics.median(cpus["baseline"]), 1)
-        result["baseline_ratio"] = round(result["baseline_s"] / br, 3)
-        result["baseline_cpu_ratio"] = round(result["baseline_cpu_s"] / br_cpu, 3)
+    result: dict = {"epochs": a.epochs, "threads": a.threads, "images": N_IMAGES, "clock": a.clock}
+    if a.repeats:
+        fv, br = statistics.median(walls["foldvision"]), statistics.median(walls["bare"])
+        fv_cpu, br_cpu = statistics.median(cpus["foldvision"]), statistics.median(cpus["bare"])
+        result.update({
+            "walls": walls, "cpu": cpus, "foldvision_s": round(fv, 1), "bare_s": round(br, 1), "ratio": round(fv / br, 3),
+            "foldvision_cpu_s": round(fv_cpu, 1), "bare_cpu_s": round(br_cpu, 1), "cpu_ratio": round(fv_cpu / br_cpu, 3),
+            "foldvision_oof_accuracy": json.loads((fv_run / "cv_summary.json").read_text())["oof"]["accuracy"],
+            "bare": json.loads(bare_out.read_text()),
+        })
+        if a.baseline_src:
+            result["baseline_s"] = round(statistics.median(walls["baseline"]), 1)
+            result["baseline_cpu_s"] = round(statistics.median(cpus["baseline"]), 1)
+            result["baseline_ratio"] = round(result["baseline_s"] / br, 3)
+            result["baseline_cpu_ratio"] = round(result["baseline_cpu_s"] / br_cpu, 3)
+    if a.breakdown:  # instrumented runs: foldvision (and the baseline), and the bare loop's phases when not timed above
+        if not a.repeats:
+            cmd = [*me, "--side", "bare", "--epochs", str(a.epochs), "--work", str(work), "--out", str(bare_out), "--clock", a.clock]
+            result["bare_run_wall_s"], result["bare_run_cpu_s"] = (round(v, 1) for v in _run(cmd, a.threads))
+            result["bare"] = json.loads(bare_out.read_text())
+        for side in ["foldvision"] + (["baseline"] if a.baseline_src else []):
+            prof = work / f"profile_{side}.json"
+            run = runs / f"e{a.epochs}_profile_{side}_{time.time_ns()}"
+            cmd = [*me, "--side", "profile", "--out", str(prof), "--work", str(work), "--clock", a.clock, "--",
+                   *foldvision_overrides(data, run, a.epochs)]
+            wall, cpu = _run(cmd, a.threads, a.baseline_src if side == "baseline" else None)
+            result[f"{side}_profile"] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+                                         "phases": {k: round(v, 2) for k, v in json.loads(prof.read_text()).items()}}
     print(json.dumps(result, indent=1))
-    print(f"\nfoldvision {fv:.1f} s / bare {br:.1f} s = {fv / br:.3f}x wall; CPU {fv_cpu:.1f} s / {br_cpu:.1f} s = "
-          f"{fv_cpu / br_cpu:.3f}x  (medians of {a.repeats}, {a.threads} thread(s))")
-
+    if a.repeats:
+        print(f"\nfoldvision {fv:.1f} s / bare {br:.1f} s = {fv / br:.3f}x wall; CPU {fv_cpu:.1f} s / {br_cpu:.1f} s = "
+              f"{fv_cpu / br_cpu:.3f}x  (medians of {a.repeats}, {a.threads} thread(s))")
 
 if __name__ == "__main__":
     main()
