@@ -6,7 +6,7 @@ The two are run alternately REPEATS times; the ratio of the medians is printed (
 
 On a GPU, the issue's setting (both sides with the same precision, memory format and compilation):
 python benchmarks/train_overhead.py --device cuda --model efficientnet_b0 --size 224 --batch 64 \
-    --steps 50 --bf16 --channels-last [--compile]
+    --steps 50 --bf16 --channels-last [--compile]      (or --fp16: fp16 autocast + GradScaler / 16-mixed)
 """
 
 from __future__ import annotations
@@ -39,9 +39,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (2 threads on 2 shared cores are noisy)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (Lightning: precision=bf16-mixed)")
+    p.add_argument("--fp16", action="store_true", help="fp16 autocast + GradScaler (Lightning: precision=16-mixed; GPU only)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (raw) / module (foldvision)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
     a = p.parse_args()
+    if a.bf16 and a.fp16:
+        p.error("--bf16 and --fp16 exclude each other")
+    amp_dtype = torch.bfloat16 if a.bf16 else torch.float16 if a.fp16 else None
     torch.set_num_threads(a.threads)
     quiet_lightning_logging()
     device = torch.device(a.device)
@@ -64,6 +69,7 @@ def main() -> None:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         loss_fn = torch.nn.CrossEntropyLoss()
         fwd = torch.compile(model) if a.compile else model
+        scaler = torch.amp.GradScaler(device.type, enabled=a.fp16)
         model.train()
         sync()
         t0 = time.perf_counter()
@@ -71,11 +77,12 @@ def main() -> None:
             x, y = images[i * a.batch : (i + 1) * a.batch], targets[i * a.batch : (i + 1) * a.batch]
             if a.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.bf16):
+            with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
                 loss = loss_fn(fwd(x).float(), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
         sync()
         return n / (time.perf_counter() - t0)
 
@@ -87,7 +94,7 @@ def main() -> None:
         module = ClassifierModule(model, task, opt_cfg, OmegaConf.create({"name": "none"}), channels_last=a.channels_last)
         loader = DataLoader(TensorDataset(images, targets), batch_size=a.batch)  # already on the device
         trainer = pl.Trainer(
-            accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision="bf16-mixed" if a.bf16 else "32-true",
+            accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision="bf16-mixed" if a.bf16 else "16-mixed" if a.fp16 else "32-true",
             max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
             enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
         )
@@ -103,12 +110,19 @@ def main() -> None:
         r.append(raw())
         f.append(framework())
     rm, fm = statistics.median(r), statistics.median(f)
-    flags = " ".join(f for f, on in (("bf16", a.bf16), ("channels_last", a.channels_last), ("compile", a.compile)) if on)
+    flags = " ".join(f for f, on in (("bf16", a.bf16), ("fp16", a.fp16), ("channels_last", a.channels_last), ("compile", a.compile)) if on)
     gpu = f", {torch.cuda.get_device_name(0)}" if device.type == "cuda" else ""
     print(f"{machine()}{gpu}; {a.model} {a.size}px batch {a.batch}, {a.steps} steps {flags}, {a.repeats} alternating repeats")
     print(f"raw PyTorch loop:    {rm:.0f} img/s  (runs: {', '.join(f'{v:.0f}' for v in r)})")
     print(f"foldvision module:   {fm:.0f} img/s  (runs: {', '.join(f'{v:.0f}' for v in f)})")
     print(f"ratio foldvision/raw: {fm / rm:.3f}")
+    if a.json:
+        import json
+
+        figures = {"model": a.model, "size": a.size, "batch": a.batch, "steps": a.steps, "flags": flags, "device": f"{a.device}{gpu}",
+                   "raw_img_s": r, "foldvision_img_s": f, "raw_median": rm, "foldvision_median": fm, "ratio": fm / rm}
+        with open(a.json, "w") as out:
+            json.dump(figures, out, indent=1)
 
 
 if __name__ == "__main__":

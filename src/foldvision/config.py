@@ -56,8 +56,8 @@ def compose(
 # Keys a resumed run may change: they alter how a run is shown or how far it goes, not its results.
 RESUME_SAFE_KEYS = (
     "resume", "name", "trainer.max_epochs", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
-    "data.num_workers", "cv.folds", "cv.fold", "callbacks.progress_bar", "logger", "paths.output_dir",
-    "trainer.checkpoint_every_minutes",
+    "data.num_workers", "data.cache", "data.cache_budget", "cv.folds", "cv.fold", "callbacks.progress_bar", "logger",
+    "paths.output_dir", "trainer.checkpoint_every_minutes",
 )
 # Config values that are file system paths: made absolute so a run folder works from any cwd.
 PATH_KEYS = ("data.root", "cv.dir", "paths.data_dir", "paths.output_dir", "model.weights_file")
@@ -97,7 +97,7 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 # Keys that later foldvision versions added, with the value that reproduces what runs saved before
 # them did: a saved config without the key means this value (so such runs still resume and merge).
 ADDED_KEYS = {
-    "trainer.num_nodes": 1,
+    "trainer.num_nodes": 1, "data.cache_budget": 0.25, "trainer.check_val_every_n_epoch": 1,
     # losses from config (task.loss): a run saved before them trained with CE / BCE
     "task.loss": None, "task.focal.gamma": 2.0, "task.focal.alpha": None,
     "task.asl.gamma_neg": 4.0, "task.asl.gamma_pos": 1.0, "task.asl.clip": 0.05,

@@ -4,6 +4,7 @@ summarise. The run folder's files are described in runs.py; the data in data/cv_
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -130,24 +131,31 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
     return result
 
 
-def _preflight(cfg: DictConfig, data: CVData, run_dir: Path, folds: list[int]) -> None:
-    """Before the first fold: the disk check, report/lr_schedule.png and report/augmentations.png
-    (look at both before spending hours)."""
+def _preflight(cfg: DictConfig, data: CVData, run_dir: Path, folds: list[int]) -> threading.Thread | None:
+    """Before the first fold: the disk check, then report/lr_schedule.png and report/augmentations.png
+    (look at both before spending hours), drawn in a background thread so that training starts at
+    once; the returned thread is joined before the report."""
     model, data_config = create_classifier(cfg.model, data.task.num_outputs, image_size=cfg.data.get("image_size"), pretrained=False)
     check_disk_space(model, run_dir, len(folds))
     report = run_dir / "report"
     if (report / "augmentations.png").is_file():
-        return
+        return None
     n_train = int((data.folds != data.folds[0]).sum())
     steps = max(1, n_train // int(cfg.data.batch_size) // int(cfg.trainer.get("accumulate_grad_batches") or 1))
+    # built here, not in the thread: it may build the image cache, which fold 0 then reuses
+    dataset = data.dataset(cfg, data_config, np.ones(len(data.ids), dtype=bool), train=True)
+    thread = threading.Thread(target=_draw_preflight, args=(cfg, steps, dataset, data.task.classes, report), daemon=True)
+    thread.start()
+    return thread
+
+
+def _draw_preflight(cfg: DictConfig, steps: int, dataset: Any, classes: list[str], report: Path) -> None:
     try:
         plot_lr_schedule(cfg, steps, report / "lr_schedule.png")
-        rows = np.ones(len(data.ids), dtype=bool)
-        plot_augmentations(data.dataset(cfg, data_config, rows, train=True), data.task.classes, report / "augmentations.png", seed=int(cfg.seed))
-    except FoldvisionError:
-        raise
+        plot_augmentations(dataset, classes, report / "augmentations.png", seed=int(cfg.seed))
     except Exception as e:  # a picture must never stop training
         log.warning("could not draw the pre-training plots: %s", e)
+        return
     log.info("LR schedule and augmentation preview: %s", report)
 
 
@@ -165,8 +173,7 @@ def run_cv(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
     rank = global_rank()
     done = fold_results(run_dir)
     todo = [f for f in selected_folds(cfg.cv) if f not in done]
-    if todo and rank == 0:
-        _preflight(cfg, data, run_dir, todo)
+    plots = _preflight(cfg, data, run_dir, todo) if todo and rank == 0 else None
     for fold in selected_folds(cfg.cv):
         if fold in done:
             log.info("fold %d already finished (%s): skipped", fold, run_dir / f"fold_{fold}")
@@ -176,6 +183,8 @@ def run_cv(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
         release_memory()
     if rank != 0:  # DDP worker: rank 0 predicts OOF and writes the results
         return float("nan")
+    if plots is not None:
+        plots.join()  # the report embeds them
     summary = summarize(run_dir, data.task, int(cfg.cv.n_folds), time.time() - t0)
     safe_report(run_dir)
     finish_cv_logging(cfg.get("logger"), run_dir, summary)  # MLflow / W&B: the CV run gets the OOF scores

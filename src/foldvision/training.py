@@ -5,18 +5,25 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
+import lightning  # noqa: F401  (adds its console handler on import: quiet_lightning_logging removes it)
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from hydra.utils import instantiate
 from lightning.fabric.plugins.io.xla import XLACheckpointIO  # importable without torch_xla
 from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.accelerators import XLAAccelerator  # importable without torch_xla
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
-from foldvision.checkpointing import IntervalCheckpoint, RestoreLoaderState
+from foldvision.checkpointing import EpochCheckpoint, IntervalCheckpoint, RestoreLoaderState
+from foldvision.devices import claim_gpu
 from foldvision.errors import FoldvisionError
 from foldvision.io import atomic_open, load_checkpoint
 from foldvision.loggers import FinishRuns, build_loggers
@@ -93,16 +100,12 @@ def quiet_lightning_logging() -> None:
     """Route Lightning's messages through the handlers Hydra configured (console + run log) instead
     of also through the console handler `import lightning` adds, which printed every line twice;
     drop its advertising tips."""
-    import lightning  # noqa: F401  (adds the handler on import)
-
     lg = logging.getLogger("lightning")
     if logging.getLogger().hasHandlers():
         for h in list(lg.handlers):
             lg.removeHandler(h)
     for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropTips())
-    import warnings
-
     # Lightning 2.6 (its newest release) calls torch's deprecated pytree LeafSpec API itself, once
     # per fold; nothing a user or foldvision can change, so this one message is not shown.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
@@ -122,10 +125,6 @@ class EpochLog(pl.Callback):
 
 
 def _progress_bar(kind: str) -> list[pl.Callback]:
-    import sys
-
-    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
-
     if kind == "rich" and not sys.stdout.isatty():  # a live bar in a log file is noise
         return []
     if kind == "rich":
@@ -165,8 +164,6 @@ def uses_xla(accelerator: str) -> bool:
         return True
     if accelerator != "auto":
         return False
-    from lightning.pytorch.accelerators import XLAAccelerator
-
     return XLAAccelerator.is_available()  # False at once without torch_xla
 
 
@@ -194,8 +191,6 @@ def config_callbacks(cb_cfg: DictConfig) -> list[pl.Callback]:
     """Every entry of the callbacks group other than the built-in keys, instantiated from its
     `_target_` (any Lightning or user callback), e.g. `callbacks=swa` or
     `+callbacks.lr._target_=lightning.pytorch.callbacks.LearningRateFinder`. false/null: off."""
-    from hydra.utils import instantiate
-
     out = []
     for name, entry in cb_cfg.items():
         if name in BUILTIN_CALLBACK_KEYS or entry is None or entry is False:
@@ -220,8 +215,6 @@ def build_trainer(cfg: DictConfig, fold_dir: Path, monitor: str, mode: str = "ma
 
     `batches_per_epoch` caps trainer.log_every_n_steps so that small datasets still log their
     training loss every epoch (Lightning warns, and logs nothing, when an epoch is shorter)."""
-    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-
     quiet_lightning_logging()
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     for k in FOLDVISION_TRAINER_KEYS:
@@ -234,7 +227,7 @@ def build_trainer(cfg: DictConfig, fold_dir: Path, monitor: str, mode: str = "ma
         tcfg["log_every_n_steps"] = max(1, min(int(tcfg.get("log_every_n_steps", 50)), batches_per_epoch))
     cb_cfg = cfg.callbacks
     callbacks: list[pl.Callback] = [
-        ModelCheckpoint(
+        EpochCheckpoint(  # last.ckpt once per epoch, best.ckpt a link to it (checkpointing.py)
             dirpath=fold_dir, filename="best", monitor=monitor, mode=mode,
             save_last=bool(cb_cfg.checkpoint.save_last), save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False,
         ),
@@ -312,8 +305,6 @@ def _single_gpu_devices(tcfg: dict[str, Any]) -> None:
         return
     if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
         return
-    from foldvision.devices import claim_gpu
-
     index = claim_gpu(torch.cuda.device_count())
     tcfg["devices"] = [index]
     logging.getLogger("foldvision").info("training on cuda:%d (a GPU no other foldvision job holds)", index)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from foldvision.config import global_rank
 from foldvision.data.boxes import bbox_margin
-from foldvision.data.cache import build_cache
+from foldvision.data.cache import cache_file_for
 from foldvision.data.datamodule import ImageDataset
 from foldvision.data.folds import load_or_make_folds, resolve_strategy
 from foldvision.data.images import ImageReadError, load_image
@@ -57,7 +57,7 @@ class CVData:
     ):
         """An ImageDataset of the selected rows (plus every pseudo-labelled row with `pseudo`, for a
         fold's training set): train or eval transforms, crop boxes, and the decoded-image cache when
-        data.cache=true (built once for the whole table and the pseudo rows)."""
+        data.cache says so (auto: when it fits the budget; built once for the whole table and the pseudo rows)."""
         size, channels = data_config["image_size"], data_config["in_chans"]
         boxes = table_boxes(self.table.train)
         margin = bbox_margin(cfg.data)
@@ -66,12 +66,8 @@ class CVData:
             extra = self.pseudo_boxes if self.pseudo_boxes is not None else np.full((n_pseudo, 4), np.nan)
             boxes = np.concatenate([boxes, extra])
         all_paths = self.paths + self.pseudo_paths
-        cache_file = None
-        if cfg.data.get("cache"):
-            cache_dir = data_path(cfg.data, cfg.data.get("cache_dir") or "cache")
-            cache_file = str(
-                build_cache(all_paths, size, channels, cache_dir, max(2, int(cfg.data.num_workers)), boxes, margin)
-            )
+        cache_file = cache_file_for(cfg.data, all_paths, size, channels, boxes, margin)  # data.cache=auto|true|false
+        cache_file = str(cache_file) if cache_file else None
         resize = cache_file is None
         transform = train_transform(size, cfg.get("augment"), resize) if train else eval_transform(size, resize)
         if pseudo and n_pseudo:

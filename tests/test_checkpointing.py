@@ -1,0 +1,80 @@
+"""One checkpoint write per epoch: last.ckpt every epoch, best.ckpt a hard link to it when the
+monitored metric improves (foldvision.checkpointing.EpochCheckpoint through build_trainer)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from conftest import compose_cfg
+from foldvision.io import load_checkpoint
+from foldvision.training import AtomicCheckpointIO, build_trainer
+
+
+class Scripted(pl.LightningModule):
+    """A tiny model whose validation metric follows a script, one value per epoch."""
+
+    def __init__(self, scores: list[float]) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 2)
+        self.scores = scores
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self.layer(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/acc", self.scores[self.current_epoch])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _fit(tmp_path: Path, scores: list[float], monkeypatch: pytest.MonkeyPatch, *overrides: str) -> tuple[Path, list[str]]:
+    writes: list[str] = []
+    save = AtomicCheckpointIO.save_checkpoint
+
+    def counted(self, checkpoint, path, storage_options=None):
+        writes.append(Path(path).name)
+        return save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", counted)
+    cfg = compose_cfg(f"trainer.max_epochs={len(scores)}", "logger=none", *overrides)
+    fold_dir = tmp_path / "fold_0"
+    trainer = build_trainer(cfg, fold_dir, "val/acc")
+    data = TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,)))
+    trainer.fit(Scripted(scores), DataLoader(data, batch_size=8), DataLoader(data, batch_size=8))
+    return fold_dir, writes
+
+
+def test_one_write_per_epoch_and_last_even_without_improvement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fold_dir, writes = _fit(tmp_path, [0.5, 0.8, 0.6], monkeypatch)
+    # one write per epoch (an improving epoch's under a temp name, renamed to last.ckpt);
+    # Lightning's ModelCheckpoint: best, last, best, last, and no last.ckpt in epoch 2
+    assert len(writes) == 3 and all("last.ckpt" in w for w in writes), writes
+    last, best = load_checkpoint(fold_dir / "last.ckpt"), load_checkpoint(fold_dir / "best.ckpt")
+    assert last["epoch"] == 2  # the epoch that did not improve is still resumable from
+    assert best["epoch"] == 1  # written when epoch 1 improved, kept when epoch 2 replaced last.ckpt
+    assert not os.path.samefile(fold_dir / "best.ckpt", fold_dir / "last.ckpt")
+    assert not list(fold_dir.glob(".*.tmp"))
+
+
+def test_best_is_a_link_to_last_when_the_last_epoch_is_best(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fold_dir, writes = _fit(tmp_path, [0.5, 0.8], monkeypatch)
+    assert len(writes) == 2 and all("last.ckpt" in w for w in writes), writes
+    assert os.path.samefile(fold_dir / "best.ckpt", fold_dir / "last.ckpt")
+    assert load_checkpoint(fold_dir / "best.ckpt")["epoch"] == 1
+
+
+def test_validate_every_n_epochs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """trainer.check_val_every_n_epoch=2: validation, best.ckpt and last.ckpt at epochs 1 and 3 only,
+    so the unvalidated epoch 2, although scripted best, is never chosen."""
+    fold_dir, writes = _fit(tmp_path, [0.1, 0.5, 0.9, 0.6], monkeypatch, "trainer.check_val_every_n_epoch=2")
+    assert len(writes) == 2, writes
+    assert load_checkpoint(fold_dir / "best.ckpt")["epoch"] == 3
+    assert load_checkpoint(fold_dir / "last.ckpt")["epoch"] == 3
