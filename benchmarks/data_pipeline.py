@@ -15,15 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import machine
 from omegaconf import OmegaConf
 from PIL import Image
-
-from common import machine
 
 
 def _photo(rng: np.random.Generator, i: int, size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size]
-    img = ((np.sin(xx / (7 + i % 13)) + np.cos(yy / (5 + i % 7))) * 60 + 128)[..., None] + rng.normal(0, 8, (size, size, 3))
+    img = ((np.sin(xx / (7 + i % 13)) + np.cos(yy / (5 + i % 7))) * 60 + 128)[..., None] + rng.normal(
+        0, 8, (size, size, 3)
+    )
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -77,27 +78,48 @@ def main() -> None:
             if fmt == "jpeg":  # what training does: a reduced-scale decode covering the input size
                 sides[f"load_image(min_size={a.size})"] = lambda: [load_image(p, 3, size) for p in paths]
                 sides[f"Pillow draft({a.size})"] = lambda: [_decode_pillow(Image.open(p), 3, size) for p in paths]
-                full, scaled = (cv2.resize(x, size, interpolation=cv2.INTER_AREA).astype(int) for x in (load_image(paths[0]), load_image(paths[0], 3, size)))
+                full, scaled = (
+                    cv2.resize(x, size, interpolation=cv2.INTER_AREA).astype(int)
+                    for x in (load_image(paths[0]), load_image(paths[0], 3, size))
+                )
                 diffs[f"load_image(min_size={a.size})"] = f"mean {np.abs(full - scaled).mean():.2f} after the resize"
             rates: dict[str, list[float]] = {k: [] for k in sides}
             for _ in range(a.repeats):  # alternate so drift on shared cores hits every side alike
                 for name, fn in sides.items():
                     rates[name].append(rate(fn, a.n, 1))
-            print(f"  {fmt:4s}  " + "   ".join(
-                f"{name} {statistics.median(r):6.0f}" + (f" (diff {diffs[name]})" if name in diffs else "") for name, r in rates.items()
-            ))
+            print(
+                f"  {fmt:4s}  "
+                + "   ".join(
+                    f"{name} {statistics.median(r):6.0f}" + (f" (diff {diffs[name]})" if name in diffs else "")
+                    for name, r in rates.items()
+                )
+            )
         print("\ntraining dataloader (decode + resize + augment + collate), img/s by workers:")
         for fmt, paths in files.items():
-            ds = ImageDataset(paths, np.zeros(a.n, dtype=np.int64), train_transform([a.size, a.size], aug), 3, decode_size=[a.size, a.size])
+            ds = ImageDataset(
+                paths,
+                np.zeros(a.n, dtype=np.int64),
+                train_transform([a.size, a.size], aug),
+                3,
+                decode_size=[a.size, a.size],
+            )
             row = []
             for workers in (0, 1, 2):
+
                 def one_epoch() -> None:
                     for _ in make_loader(ds, 32, workers, sampler=EpochSampler(a.n, 0)):
                         pass
+
                 row.append(f"{workers} workers {rate(one_epoch, a.n, a.repeats):6.0f}")
             print(f"  {fmt:4s}  " + "   ".join(row))
         cache = build_cache(files["jpeg"], [a.size, a.size], 3, Path(d) / "cache")
-        cached = ImageDataset(files["jpeg"], np.zeros(a.n, dtype=np.int64), train_transform([a.size, a.size], aug, resize=False), 3, cache_file=str(cache))
+        cached = ImageDataset(
+            files["jpeg"],
+            np.zeros(a.n, dtype=np.int64),
+            train_transform([a.size, a.size], aug, resize=False),
+            3,
+            cache_file=str(cache),
+        )
 
         def cached_epoch() -> None:
             for _ in make_loader(cached, 32, 0, sampler=EpochSampler(a.n, 0)):
@@ -107,7 +129,9 @@ def main() -> None:
     from foldvision.models.backbone import create_classifier
 
     for name in ("resnet10t", "efficientnet_b0"):
-        model, _ = create_classifier(OmegaConf.create({"name": name, "pretrained": False, "in_chans": 3}), 10, image_size=a.size)
+        model, _ = create_classifier(
+            OmegaConf.create({"name": name, "pretrained": False, "in_chans": 3}), 10, image_size=a.size
+        )
         opt = torch.optim.AdamW(model.parameters())
         x, y = torch.randint(0, 255, (32, 3, a.size, a.size), dtype=torch.uint8), torch.randint(0, 10, (32,))
 

@@ -46,18 +46,47 @@ def plan(work: Path, dry_run: bool) -> list[tuple[str, list[str], int, Path | No
     run = work / "cv_run"
     py = sys.executable
     if dry_run:
-        cv = [py, str(ROOT / "train.py"), "trainer=cpu", "model=test", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-              "trainer.limit_val_batches=2", "trainer.enable_progress_bar=false", "data.image_size=32", f"paths.data_dir={work / 'data'}"]
+        cv = [
+            py,
+            str(ROOT / "train.py"),
+            "trainer=cpu",
+            "model=test",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=2",
+            "trainer.enable_progress_bar=false",
+            "data.image_size=32",
+            f"paths.data_dir={work / 'data'}",
+        ]
     else:
         cv = [py, str(ROOT / "train.py"), "trainer=gpu", "trainer.enable_progress_bar=false"]
     # dry-run limits are loose: they only catch a hang on a slow, shared CPU
     steps = [("cv", [*cv, "cv.folds=[0,1]", f"hydra.run.dir={run}"], 600 if dry_run else 180, None)]
     device = "cpu" if dry_run else "cuda"
-    steps.append(("predict", [py, str(BENCH / "predict_throughput.py"), "--run", str(run), "--device", device,
-                              "--repeats", "1" if dry_run else "3", "--json", str(work / "predict.json")],
-                  300 if dry_run else 90, work / "predict.json"))
-    size = ["--model", "resnet10t", "--size", "32", "--batch", "8", "--steps", "2", "--repeats", "1"] if dry_run else \
-           ["--model", "efficientnet_b0", "--size", "224", "--batch", "64", "--steps", "40", "--repeats", "2"]
+    steps.append(
+        (
+            "predict",
+            [
+                py,
+                str(BENCH / "predict_throughput.py"),
+                "--run",
+                str(run),
+                "--device",
+                device,
+                "--repeats",
+                "1" if dry_run else "3",
+                "--json",
+                str(work / "predict.json"),
+            ],
+            300 if dry_run else 90,
+            work / "predict.json",
+        )
+    )
+    size = (
+        ["--model", "resnet10t", "--size", "32", "--batch", "8", "--steps", "2", "--repeats", "1"]
+        if dry_run
+        else ["--model", "efficientnet_b0", "--size", "224", "--batch", "64", "--steps", "40", "--repeats", "2"]
+    )
     seen: set[tuple[str, ...]] = set()
     for name, flags in OVERHEAD_CONFIGS:
         if dry_run:  # CPU: no compile (minutes of C++ builds), and Lightning has no fp16 AMP on CPU
@@ -69,15 +98,25 @@ def plan(work: Path, dry_run: bool) -> list[tuple[str, list[str], int, Path | No
         if "--compile" in flags:  # every repeat compiles a fresh model: one repeat
             flags = [*flags, "--repeats", "1"]
         out = work / f"overhead_{name}.json"
-        steps.append((f"train_overhead/{name}", [py, str(BENCH / "train_overhead.py"), "--device", device, *size, *flags,
-                                                 "--json", str(out)], limit, out))
+        steps.append(
+            (
+                f"train_overhead/{name}",
+                [py, str(BENCH / "train_overhead.py"), "--device", device, *size, *flags, "--json", str(out)],
+                limit,
+                out,
+            )
+        )
     return steps
 
 
 def _cv_figures(run: Path) -> dict:
     summary = json.loads((run / "cv_summary.json").read_text())
-    return {"oof": summary["oof"], "folds_done": summary["folds_done"], "train_seconds": [f["train_seconds"] for f in summary["folds"]],
-            "wall_seconds": summary.get("wall_seconds")}
+    return {
+        "oof": summary["oof"],
+        "folds_done": summary["folds_done"],
+        "train_seconds": [f["train_seconds"] for f in summary["folds"]],
+        "wall_seconds": summary.get("wall_seconds"),
+    }
 
 
 def _device() -> dict:
@@ -94,7 +133,12 @@ def _device() -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="gpu_check.json")
-    p.add_argument("--budget", type=float, default=450, help="seconds; steps that would start later are skipped (not with --dry-run)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=450,
+        help="seconds; steps that would start later are skipped (not with --dry-run)",
+    )
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny settings: check that every step runs")
     p.add_argument("--work", help="folder for the CV run and step outputs (default: a temp folder)")
     a = p.parse_args()
@@ -123,7 +167,9 @@ def main() -> None:
                     entry["stderr_tail"] = proc.stderr[-2000:]
                 else:
                     entry["status"] = "ok"
-                    entry["figures"] = _cv_figures(work / "cv_run") if name == "cv" else json.loads(out_json.read_text())
+                    entry["figures"] = (
+                        _cv_figures(work / "cv_run") if name == "cv" else json.loads(out_json.read_text())
+                    )
             except subprocess.TimeoutExpired:
                 entry["seconds"] = round(time.time() - t0, 1)
                 entry["status"] = f"timed out after {min(limit, left):.0f} s"

@@ -36,7 +36,9 @@ def main() -> None:
         paths = []
         for i in range(a.n):  # smooth gradients + noise: compresses like a photo, not like noise
             yy, xx = np.mgrid[0 : a.src, 0 : a.src]
-            img = ((np.sin(xx / (7 + i % 13)) + np.cos(yy / (5 + i % 7))) * 60 + 128)[..., None] + rng.normal(0, 8, (a.src, a.src, 3))
+            img = ((np.sin(xx / (7 + i % 13)) + np.cos(yy / (5 + i % 7))) * 60 + 128)[..., None] + rng.normal(
+                0, 8, (a.src, a.src, 3)
+            )
             path = Path(d) / f"{i}.jpg"
             Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=90)
             paths.append(str(path))
@@ -57,7 +59,9 @@ def main() -> None:
         from_cache = statistics.median(one_pass(cached) for _ in range(a.repeats))
     print(f"{a.n} JPEGs {a.src}px -> {a.size}px, light augmentation, 1 process")
     print(f"decode every epoch: {decode:.0f} img/s")
-    print(f"from the cache:     {from_cache:.0f} img/s  (x{from_cache / decode:.1f}); one-off build {build_s:.1f} s with 2 threads")
+    print(
+        f"from the cache:     {from_cache:.0f} img/s  (x{from_cache / decode:.1f}); one-off build {build_s:.1f} s with 2 threads"
+    )
 
 
 if __name__ == "__main__":

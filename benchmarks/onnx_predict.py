@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
-
 from common import machine
+from omegaconf import OmegaConf
 
 
 def main() -> None:

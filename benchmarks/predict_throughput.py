@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import machine
 
 
@@ -45,13 +44,17 @@ def main() -> None:
 
     def decode_once() -> int:
         loader = make_loader(MultiSizeDataset(paths, [key]), a.batch, 0)
-        predict_batches(models, loader, run.task.activation, views, device=device, input_key=lambda i: "x".join(map(str, key)))
+        predict_batches(
+            models, loader, run.task.activation, views, device=device, input_key=lambda i: "x".join(map(str, key))
+        )
         return len(paths)
 
     def decode_per_model() -> int:
         for m in models:
             loader = make_loader(MultiSizeDataset(paths, [key]), a.batch, 0)
-            predict_batches([m], loader, run.task.activation, views, device=device, input_key=lambda i: "x".join(map(str, key)))
+            predict_batches(
+                [m], loader, run.task.activation, views, device=device, input_key=lambda i: "x".join(map(str, key))
+            )
         return len(paths)
 
     batches = [b["x".join(map(str, key))].to(device) for b in make_loader(MultiSizeDataset(paths, [key]), a.batch, 0)]
@@ -72,16 +75,30 @@ def main() -> None:
             n = fn()
             rates[name].append(n / (time.perf_counter() - t0))
     med = {k: statistics.median(v) for k, v in rates.items()}
-    print(f"{machine()}; {len(paths)} test images {key[0]}x{key[1]}, {len(models)} folds x {len(views)} views = {n_passes} passes")
+    print(
+        f"{machine()}; {len(paths)} test images {key[0]}x{key[1]}, {len(models)} folds x {len(views)} views = {n_passes} passes"
+    )
     print(f"raw limit (preloaded tensors):  {med['raw']:.0f} img/s")
     print(f"foldvision, decode once:        {med['once']:.0f} img/s  ratio to raw {med['once'] / med['raw']:.3f}")
-    print(f"decode again for every model:   {med['per_model']:.0f} img/s  (decode-once speed-up x{med['once'] / med['per_model']:.2f})")
+    print(
+        f"decode again for every model:   {med['per_model']:.0f} img/s  (decode-once speed-up x{med['once'] / med['per_model']:.2f})"
+    )
     if a.json:
         import json
 
         with open(a.json, "w") as out:
-            json.dump({"device": a.device, "images": len(paths), "passes_per_image": n_passes, "img_s": rates, "median_img_s": med,
-                       "ratio_once_to_raw": med["once"] / med["raw"]}, out, indent=1)
+            json.dump(
+                {
+                    "device": a.device,
+                    "images": len(paths),
+                    "passes_per_image": n_passes,
+                    "img_s": rates,
+                    "median_img_s": med,
+                    "ratio_once_to_raw": med["once"] / med["raw"],
+                },
+                out,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

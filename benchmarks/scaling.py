@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
-
 from common import machine, median_rate
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +40,9 @@ def main() -> None:
     print("\n| image size | data img/s | model img/s | training epoch img/s | bound by |\n|---|---|---|---|---|")
 
     def make(size: int):
-        model, _ = create_classifier(OmegaConf.create({"name": a.model, "pretrained": False, "in_chans": 1}), 10, image_size=size)
+        model, _ = create_classifier(
+            OmegaConf.create({"name": a.model, "pretrained": False, "in_chans": 1}), 10, image_size=size
+        )
         return model, torch.optim.AdamW(model.parameters())
 
     def train_epoch(ds, model, opt) -> int:
@@ -75,7 +76,9 @@ def main() -> None:
         d, m = median_rate(data_epoch, 3), median_rate(steps, 3)
         e = median_rate(lambda: train_epoch(ds, model, opt), 3)
         share = (1 / d) / (1 / d + 1 / m)
-        print(f"| {size} | {d:.0f} | {m:.0f} | {e:.0f} | {'data' if d < m else 'model'} ({share:.0%} of the time in data) |")
+        print(
+            f"| {size} | {d:.0f} | {m:.0f} | {e:.0f} | {'data' if d < m else 'model'} ({share:.0%} of the time in data) |"
+        )
     size = a.sizes[0]
     model, opt = make(size)
     print(f"\n| images | training epoch seconds at {size} px |\n|---|---|")

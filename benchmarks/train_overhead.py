@@ -16,9 +16,8 @@ import statistics
 import time
 
 import torch
-from omegaconf import OmegaConf
-
 from common import machine
+from omegaconf import OmegaConf
 
 
 def main() -> None:
@@ -39,7 +38,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (2 threads on 2 shared cores are noisy)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (Lightning: precision=bf16-mixed)")
-    p.add_argument("--fp16", action="store_true", help="fp16 autocast + GradScaler (Lightning: precision=16-mixed; GPU only)")
+    p.add_argument(
+        "--fp16", action="store_true", help="fp16 autocast + GradScaler (Lightning: precision=16-mixed; GPU only)"
+    )
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (raw) / module (foldvision)")
     p.add_argument("--json", help="also write the figures to this JSON file")
@@ -58,6 +59,7 @@ def main() -> None:
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
+
     task = create_task(OmegaConf.create({"name": "multiclass", "label_smoothing": 0.0}), [str(i) for i in range(10)])
     model_cfg = OmegaConf.create({"name": a.model, "pretrained": False, "in_chans": 3})
     opt_cfg = OmegaConf.create({"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3})
@@ -91,12 +93,21 @@ def main() -> None:
         model, _ = create_classifier(model_cfg, 10, image_size=a.size)
         if a.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        module = ClassifierModule(model, task, opt_cfg, OmegaConf.create({"name": "none"}), channels_last=a.channels_last)
+        module = ClassifierModule(
+            model, task, opt_cfg, OmegaConf.create({"name": "none"}), channels_last=a.channels_last
+        )
         loader = DataLoader(TensorDataset(images, targets), batch_size=a.batch)  # already on the device
         trainer = pl.Trainer(
-            accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision="bf16-mixed" if a.bf16 else "16-mixed" if a.fp16 else "32-true",
-            max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+            accelerator="gpu" if device.type == "cuda" else "cpu",
+            devices=1,
+            precision="bf16-mixed" if a.bf16 else "16-mixed" if a.fp16 else "32-true",
+            max_epochs=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
         )
         sync()
         t0 = time.perf_counter()
@@ -110,17 +121,34 @@ def main() -> None:
         r.append(raw())
         f.append(framework())
     rm, fm = statistics.median(r), statistics.median(f)
-    flags = " ".join(f for f, on in (("bf16", a.bf16), ("fp16", a.fp16), ("channels_last", a.channels_last), ("compile", a.compile)) if on)
+    flags = " ".join(
+        f
+        for f, on in (("bf16", a.bf16), ("fp16", a.fp16), ("channels_last", a.channels_last), ("compile", a.compile))
+        if on
+    )
     gpu = f", {torch.cuda.get_device_name(0)}" if device.type == "cuda" else ""
-    print(f"{machine()}{gpu}; {a.model} {a.size}px batch {a.batch}, {a.steps} steps {flags}, {a.repeats} alternating repeats")
+    print(
+        f"{machine()}{gpu}; {a.model} {a.size}px batch {a.batch}, {a.steps} steps {flags}, {a.repeats} alternating repeats"
+    )
     print(f"raw PyTorch loop:    {rm:.0f} img/s  (runs: {', '.join(f'{v:.0f}' for v in r)})")
     print(f"foldvision module:   {fm:.0f} img/s  (runs: {', '.join(f'{v:.0f}' for v in f)})")
     print(f"ratio foldvision/raw: {fm / rm:.3f}")
     if a.json:
         import json
 
-        figures = {"model": a.model, "size": a.size, "batch": a.batch, "steps": a.steps, "flags": flags, "device": f"{a.device}{gpu}",
-                   "raw_img_s": r, "foldvision_img_s": f, "raw_median": rm, "foldvision_median": fm, "ratio": fm / rm}
+        figures = {
+            "model": a.model,
+            "size": a.size,
+            "batch": a.batch,
+            "steps": a.steps,
+            "flags": flags,
+            "device": f"{a.device}{gpu}",
+            "raw_img_s": r,
+            "foldvision_img_s": f,
+            "raw_median": rm,
+            "foldvision_median": fm,
+            "ratio": fm / rm,
+        }
         with open(a.json, "w") as out:
             json.dump(figures, out, indent=1)
 

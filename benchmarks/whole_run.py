@@ -43,6 +43,8 @@ def clock() -> float:
 def since_start() -> float:
     """Seconds since the process started (on the chosen clock): the start-up phase."""
     return clock() - _CLOCK["start"]
+
+
 ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES = 1257
 
@@ -70,10 +72,22 @@ def make_data(root: Path, n: int = N_IMAGES) -> Path:
 
 def foldvision_overrides(data: Path, run: Path, epochs: int) -> list[str]:
     return [
-        "data=folder", f"data.root={data}", "data.name=whole_run", "task=multiclass", "model.name=resnet18",
-        "model.pretrained=false", "data.image_size=32", "data.batch_size=64", "data.num_workers=0",
-        "augment=none", "scheduler=none", "optimizer=adamw", "optimizer.lr=1e-3", "cv.n_folds=5",
-        f"trainer.max_epochs={epochs}", f"hydra.run.dir={run}",
+        "data=folder",
+        f"data.root={data}",
+        "data.name=whole_run",
+        "task=multiclass",
+        "model.name=resnet18",
+        "model.pretrained=false",
+        "data.image_size=32",
+        "data.batch_size=64",
+        "data.num_workers=0",
+        "augment=none",
+        "scheduler=none",
+        "optimizer=adamw",
+        "optimizer.lr=1e-3",
+        "cv.n_folds=5",
+        f"trainer.max_epochs={epochs}",
+        f"hydra.run.dir={run}",
     ]
 
 
@@ -289,13 +303,27 @@ def _run(cmd: list[str], threads: int, src: str | None = None) -> tuple[float, f
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=3, help="0: no timed pairs (with --breakdown: only the instrumented runs)")
-    p.add_argument("--threads", type=int, default=1, help="OMP/torch threads of both sides (2 threads on 2 shared cores are noisy)")
-    p.add_argument("--breakdown", action="store_true", help="one more, instrumented foldvision run: where its time goes")
-    p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "foldvision_whole_run"), help="data and run folders")
-    p.add_argument("--baseline-src", help="also time foldvision imported from this src folder (an older checkout): A/B of a change")
-    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                   help="clock of the phase breakdowns: cpu (process CPU time, all threads) stays meaningful on busy cores")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="0: no timed pairs (with --breakdown: only the instrumented runs)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=1, help="OMP/torch threads of both sides (2 threads on 2 shared cores are noisy)"
+    )
+    p.add_argument(
+        "--breakdown", action="store_true", help="one more, instrumented foldvision run: where its time goes"
+    )
+    p.add_argument(
+        "--work", default=os.path.join(tempfile.gettempdir(), "foldvision_whole_run"), help="data and run folders"
+    )
+    p.add_argument(
+        "--baseline-src", help="also time foldvision imported from this src folder (an older checkout): A/B of a change"
+    )
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="clock of the phase breakdowns: cpu (process CPU time, all threads) stays meaningful on busy cores",
+    )
     p.add_argument("--side", choices=["bare", "profile"], help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
@@ -319,9 +347,21 @@ def main() -> None:
     cpus: dict[str, list[float]] = {s: [] for s in sides}
     bare_out = work / "bare.json"
     for r in range(a.repeats):
-        for side in (sides if r % 2 == 0 else sides[::-1]):
+        for side in sides if r % 2 == 0 else sides[::-1]:
             if side == "bare":
-                cmd = [*me, "--side", "bare", "--epochs", str(a.epochs), "--work", str(work), "--out", str(bare_out), "--clock", a.clock]
+                cmd = [
+                    *me,
+                    "--side",
+                    "bare",
+                    "--epochs",
+                    str(a.epochs),
+                    "--work",
+                    str(work),
+                    "--out",
+                    str(bare_out),
+                    "--clock",
+                    a.clock,
+                ]
             else:
                 run = runs / f"e{a.epochs}_{side}_{time.time_ns()}"
                 cmd = [sys.executable, "train.py", *foldvision_overrides(data, run, a.epochs)]
@@ -335,12 +375,20 @@ def main() -> None:
     if a.repeats:
         fv, br = statistics.median(walls["foldvision"]), statistics.median(walls["bare"])
         fv_cpu, br_cpu = statistics.median(cpus["foldvision"]), statistics.median(cpus["bare"])
-        result.update({
-            "walls": walls, "cpu": cpus, "foldvision_s": round(fv, 1), "bare_s": round(br, 1), "ratio": round(fv / br, 3),
-            "foldvision_cpu_s": round(fv_cpu, 1), "bare_cpu_s": round(br_cpu, 1), "cpu_ratio": round(fv_cpu / br_cpu, 3),
-            "foldvision_oof_accuracy": json.loads((fv_run / "cv_summary.json").read_text())["oof"]["accuracy"],
-            "bare": json.loads(bare_out.read_text()),
-        })
+        result.update(
+            {
+                "walls": walls,
+                "cpu": cpus,
+                "foldvision_s": round(fv, 1),
+                "bare_s": round(br, 1),
+                "ratio": round(fv / br, 3),
+                "foldvision_cpu_s": round(fv_cpu, 1),
+                "bare_cpu_s": round(br_cpu, 1),
+                "cpu_ratio": round(fv_cpu / br_cpu, 3),
+                "foldvision_oof_accuracy": json.loads((fv_run / "cv_summary.json").read_text())["oof"]["accuracy"],
+                "bare": json.loads(bare_out.read_text()),
+            }
+        )
         if a.baseline_src:
             result["baseline_s"] = round(statistics.median(walls["baseline"]), 1)
             result["baseline_cpu_s"] = round(statistics.median(cpus["baseline"]), 1)
@@ -348,21 +396,50 @@ def main() -> None:
             result["baseline_cpu_ratio"] = round(result["baseline_cpu_s"] / br_cpu, 3)
     if a.breakdown:  # instrumented runs: foldvision (and the baseline), and the bare loop's phases when not timed above
         if not a.repeats:
-            cmd = [*me, "--side", "bare", "--epochs", str(a.epochs), "--work", str(work), "--out", str(bare_out), "--clock", a.clock]
+            cmd = [
+                *me,
+                "--side",
+                "bare",
+                "--epochs",
+                str(a.epochs),
+                "--work",
+                str(work),
+                "--out",
+                str(bare_out),
+                "--clock",
+                a.clock,
+            ]
             result["bare_run_wall_s"], result["bare_run_cpu_s"] = (round(v, 1) for v in _run(cmd, a.threads))
             result["bare"] = json.loads(bare_out.read_text())
         for side in ["foldvision"] + (["baseline"] if a.baseline_src else []):
             prof = work / f"profile_{side}.json"
             run = runs / f"e{a.epochs}_profile_{side}_{time.time_ns()}"
-            cmd = [*me, "--side", "profile", "--out", str(prof), "--work", str(work), "--clock", a.clock, "--",
-                   *foldvision_overrides(data, run, a.epochs)]
+            cmd = [
+                *me,
+                "--side",
+                "profile",
+                "--out",
+                str(prof),
+                "--work",
+                str(work),
+                "--clock",
+                a.clock,
+                "--",
+                *foldvision_overrides(data, run, a.epochs),
+            ]
             wall, cpu = _run(cmd, a.threads, a.baseline_src if side == "baseline" else None)
-            result[f"{side}_profile"] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
-                                         "phases": {k: round(v, 2) for k, v in json.loads(prof.read_text()).items()}}
+            result[f"{side}_profile"] = {
+                "wall_s": round(wall, 1),
+                "cpu_s": round(cpu, 1),
+                "phases": {k: round(v, 2) for k, v in json.loads(prof.read_text()).items()},
+            }
     print(json.dumps(result, indent=1))
     if a.repeats:
-        print(f"\nfoldvision {fv:.1f} s / bare {br:.1f} s = {fv / br:.3f}x wall; CPU {fv_cpu:.1f} s / {br_cpu:.1f} s = "
-              f"{fv_cpu / br_cpu:.3f}x  (medians of {a.repeats}, {a.threads} thread(s))")
+        print(
+            f"\nfoldvision {fv:.1f} s / bare {br:.1f} s = {fv / br:.3f}x wall; CPU {fv_cpu:.1f} s / {br_cpu:.1f} s = "
+            f"{fv_cpu / br_cpu:.3f}x  (medians of {a.repeats}, {a.threads} thread(s))"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -72,7 +72,9 @@ def csv_data(tmp_path: Path) -> Path:
     pd.DataFrame(rows, columns=["image_id", "label"]).to_csv(root / "train.csv", index=False)
     for i in range(5):
         save_image(root / "test_images" / f"x{i}.png", class_image(rng, i % 3))
-    pd.DataFrame({"image_id": [f"x{i}.png" for i in range(5)], "label": 0}).to_csv(root / "sample_submission.csv", index=False)
+    pd.DataFrame({"image_id": [f"x{i}.png" for i in range(5)], "label": 0}).to_csv(
+        root / "sample_submission.csv", index=False
+    )
     return root
 
 
@@ -101,8 +103,12 @@ def multihot_data(tmp_path: Path) -> Path:
 
 def multihot_overrides(root: Path) -> list[str]:
     return [
-        "data=multihot", f"data.root={root}", "task=multilabel",
-        "data.test_csv=sample_submission.csv", "data.test_image_dir=test", "data.sample_submission=sample_submission.csv",
+        "data=multihot",
+        f"data.root={root}",
+        "task=multilabel",
+        "data.test_csv=sample_submission.csv",
+        "data.test_image_dir=test",
+        "data.sample_submission=sample_submission.csv",
     ]
 
 

@@ -17,7 +17,9 @@ def _paths(root: Path) -> list[str]:
     return sorted(str(p) for p in (root / "train").rglob("*.png"))
 
 
-def test_auto_is_the_default_and_caches_small_data(folder_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_auto_is_the_default_and_caches_small_data(
+    folder_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A real CV run with no cache setting trains from the cache file, and says so in the log."""
     from foldvision.cv import run_cv
 
@@ -38,15 +40,19 @@ def test_auto_declines_data_over_the_budget(folder_data: Path, caplog: pytest.Lo
     with caplog.at_level(logging.INFO, logger="foldvision"):
         assert cache_file_for(cfg.data, _paths(folder_data), [32, 32], 3) is None
     assert not (folder_data / "cache").exists()
-    assert any("data.cache=auto: not caching: 30 images at 32x32x3" in r.getMessage() and "RAM budget" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "data.cache=auto: not caching: 30 images at 32x32x3" in r.getMessage() and "RAM budget" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_true_and_false_keep_their_meaning(folder_data: Path) -> None:
     paths = _paths(folder_data)
     off = compose_cfg("data=folder", f"data.root={folder_data}", "data.cache=false")
     assert cache_file_for(off.data, paths, [32, 32], 3) is None
-    on = compose_cfg("data=folder", f"data.root={folder_data}", "data.cache=true", "data.cache_budget=1e-9")  # no budget
+    on = compose_cfg(
+        "data=folder", f"data.root={folder_data}", "data.cache=true", "data.cache_budget=1e-9"
+    )  # no budget
     assert cache_file_for(on.data, paths, [32, 32], 3).is_file()
     bad = compose_cfg("data=folder", f"data.root={folder_data}", "data.cache=yes")
     with pytest.raises(FoldvisionError, match="data.cache='yes'"):

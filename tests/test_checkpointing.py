@@ -35,7 +35,9 @@ class Scripted(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def _fit(tmp_path: Path, scores: list[float], monkeypatch: pytest.MonkeyPatch, *overrides: str) -> tuple[Path, list[str]]:
+def _fit(
+    tmp_path: Path, scores: list[float], monkeypatch: pytest.MonkeyPatch, *overrides: str
+) -> tuple[Path, list[str]]:
     writes: list[str] = []
     save = AtomicCheckpointIO.save_checkpoint
 

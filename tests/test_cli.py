@@ -46,7 +46,15 @@ def test_fold_parallel_joblib_equals_sequential(folder_data: Path, tmp_path: Pat
     fold_file = folder_data / "folds" / "stratified_k3_seed42.csv"
     before = fold_file.read_bytes()
     sweep = tmp_path / "sweep"
-    _run("train.py", "-m", *_data(folder_data), "cv.fold=0,1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}")
+    _run(
+        "train.py",
+        "-m",
+        *_data(folder_data),
+        "cv.fold=0,1,2",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert fold_file.read_bytes() == before  # every job reused the one fold file
     assert _summary(sweep / "merged") == _summary(seq)
     # the same command again (a resumed sweep): finished folds skipped, one merged CV as before
@@ -56,7 +64,16 @@ def test_fold_parallel_joblib_equals_sequential(folder_data: Path, tmp_path: Pat
     assert _summary(sweep / "merged") == _summary(seq) and len(pd.read_csv(sweep / "sweep_summary.csv")) == 1
     pd.testing.assert_frame_equal(pd.read_csv(sweep / "merged" / "oof.csv"), pd.read_csv(seq / "oof.csv"))
     # the same merge by hand
-    _run("-m", "foldvision", "cv-merge", str(sweep / "0"), str(sweep / "1"), str(sweep / "2"), "--out", str(tmp_path / "by_hand"))
+    _run(
+        "-m",
+        "foldvision",
+        "cv-merge",
+        str(sweep / "0"),
+        str(sweep / "1"),
+        str(sweep / "2"),
+        "--out",
+        str(tmp_path / "by_hand"),
+    )
     assert _summary(tmp_path / "by_hand") == _summary(seq)
 
 
@@ -70,7 +87,16 @@ def test_sweep_summary_sorted_by_oof(folder_data: Path, tmp_path: Path) -> None:
 
 
 def test_user_error_is_one_clear_line(csv_data: Path, tmp_path: Path) -> None:
-    out = _run("train.py", *TEST_OVERRIDES, "data=csv", f"data.root={csv_data}", "task=multiclass", "data.label_col=breed", f"hydra.run.dir={tmp_path / 'r'}", check=False)
+    out = _run(
+        "train.py",
+        *TEST_OVERRIDES,
+        "data=csv",
+        f"data.root={csv_data}",
+        "task=multiclass",
+        "data.label_col=breed",
+        f"hydra.run.dir={tmp_path / 'r'}",
+        check=False,
+    )
     assert out.returncode == 2
     assert "foldvision: error:" in out.stderr and "breed" in out.stderr and "Traceback" not in out.stderr
 
@@ -83,7 +109,9 @@ def test_unknown_config_key_is_hydras_error(tmp_path: Path) -> None:
 def test_console_script_help() -> None:
     out = subprocess.run(["foldvision-train", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "name: demo_letters" in out.stdout
-    groups = dict(line.split(": ", 1) for line in out.stdout.splitlines() if line.startswith(("experiment: ", "model: ")))
+    groups = dict(
+        line.split(": ", 1) for line in out.stdout.splitlines() if line.startswith(("experiment: ", "model: "))
+    )
     assert "letters" in groups["experiment"] and "efficientnet_b4" in groups["model"]
     assert out.stdout.startswith("foldvision")
 
@@ -95,12 +123,25 @@ def test_optuna_search_on_the_oof_score(folder_data: Path, tmp_path: Path) -> No
     import yaml
 
     sweep = tmp_path / "optuna"
-    _run("train.py", "hparams_search=optuna", *_data(folder_data), "cv.folds=[0]", "model.name=test_efficientnet",
-         "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=2", f"hydra.sweep.dir={sweep}")
+    _run(
+        "train.py",
+        "hparams_search=optuna",
+        *_data(folder_data),
+        "cv.folds=[0]",
+        "model.name=test_efficientnet",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert [p.name for p in (folder_data / "folds").glob("*.csv")] == ["stratified_k3_seed42.csv"]
     members = sorted(p for p in sweep.iterdir() if (p / "cv_summary.json").is_file())
     assert len(members) == 3
-    lrs = [float(o.split("=")[1]) for m in members for o in yaml.safe_load((m / ".hydra" / "overrides.yaml").read_text()) if o.startswith("optimizer.lr=")]
+    lrs = [
+        float(o.split("=")[1])
+        for m in members
+        for o in yaml.safe_load((m / ".hydra" / "overrides.yaml").read_text())
+        if o.startswith("optimizer.lr=")
+    ]
     assert len(lrs) == 3 and len(set(lrs)) == 3 and all(1e-4 <= lr <= 3e-3 for lr in lrs)  # sampled, not fixed
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     summary = pd.read_csv(sweep / "sweep_summary.csv")

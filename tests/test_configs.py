@@ -36,7 +36,9 @@ def test_optimizers(name: str) -> None:
 def test_schedulers(name: str) -> None:
     """Every scheduler config gives, step by step, the learning rate its formula promises (stepped
     as training steps it: per batch or per epoch; plateau with a metric that never improves)."""
-    cfg = compose_cfg(f"scheduler={name}", "scheduler.warmup_epochs=1" if name in ("cosine", "warmup_exp") else "seed=42")
+    cfg = compose_cfg(
+        f"scheduler={name}", "scheduler.warmup_epochs=1" if name in ("cosine", "warmup_exp") else "seed=42"
+    )
     lr, spe, epochs = 1e-3, 4, 12
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=lr)
     sched = create_scheduler(cfg.scheduler, opt, steps_per_epoch=spe, max_epochs=epochs)
@@ -57,7 +59,9 @@ def test_schedulers(name: str) -> None:
     else:  # warmup_exp: start -> max over warmup_epochs, then (max - min) * decay^(epoch - warmup) + min
         w = s.warmup_epochs
         want = np.where(
-            epoch < w, s.start_lr + (s.max_lr - s.start_lr) * epoch / w, (s.max_lr - s.min_lr) * s.decay ** (epoch - w) + s.min_lr
+            epoch < w,
+            s.start_lr + (s.max_lr - s.start_lr) * epoch / w,
+            (s.max_lr - s.min_lr) * s.decay ** (epoch - w) + s.min_lr,
         )
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
@@ -168,4 +172,6 @@ def test_local_weights_file(tmp_path: Path) -> None:
         model = create_backbone(cfg.model, 5)
         assert torch.equal(model.conv_stem.weight, src.conv_stem.weight)
         assert model.get_classifier().out_features == 5
-    assert not torch.equal(create_backbone(cfg.model, 5, pretrained=False).conv_stem.weight, src.conv_stem.weight)  # predict.py
+    assert not torch.equal(
+        create_backbone(cfg.model, 5, pretrained=False).conv_stem.weight, src.conv_stem.weight
+    )  # predict.py

@@ -21,9 +21,17 @@ def test_readme_main_command(tmp_path: Path) -> None:
     env = {**os.environ, "FOLDVISION_DATA_DIR": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"}
     run = tmp_path / "outputs" / "demo"
     # README command 1 (the install step aside), with the output folder in tmp
-    train = subprocess.run([sys.executable, "train.py", f"hydra.run.dir={run}"], cwd=ROOT, env=env, capture_output=True, text=True)
+    train = subprocess.run(
+        [sys.executable, "train.py", f"hydra.run.dir={run}"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     assert train.returncode == 0, train.stderr[-3000:]
-    predict = subprocess.run([sys.executable, "predict.py", f"runs=[{run}]", f"hydra.run.dir={tmp_path / 'p'}"], cwd=ROOT, env=env, capture_output=True, text=True)
+    predict = subprocess.run(
+        [sys.executable, "predict.py", f"runs=[{run}]", f"hydra.run.dir={tmp_path / 'p'}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert predict.returncode == 0, predict.stderr[-3000:]
 
     summary = json.loads((run / "cv_summary.json").read_text())

@@ -16,8 +16,12 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 # the scripts and the wheel's console commands that take the same arguments
-SCRIPTS = {"train.py": "train.py", "predict.py": "predict.py", "foldvision-train": "train.py",
-           "foldvision-predict": "predict.py"}
+SCRIPTS = {
+    "train.py": "train.py",
+    "predict.py": "predict.py",
+    "foldvision-train": "train.py",
+    "foldvision-predict": "predict.py",
+}
 
 
 def _commands() -> list[tuple[str, list[str]]]:
@@ -72,7 +76,10 @@ def test_doc_command_composes(doc: str, tokens: list[str]) -> None:
         if args.command == "check":
             compose(args.overrides, config_dir=ROOT / args.config_dir if args.config_dir else None)
         return
-    script, args = tokens[1], [t for t in tokens[2:] if t not in ("-m", "--help") and not t.startswith(("hydra.", "hydra/"))]
+    script, args = (
+        tokens[1],
+        [t for t in tokens[2:] if t not in ("-m", "--help") and not t.startswith(("hydra.", "hydra/"))],
+    )
     if "--cfg" in args:
         i = args.index("--cfg")
         del args[i : i + 2]

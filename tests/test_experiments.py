@@ -28,7 +28,9 @@ def _letters(root: Path, rng: np.random.Generator) -> None:
     pd.DataFrame(rows, columns=["index", *labels]).to_csv(root / "dirty_mnist_2nd_answer.csv", index=False)
     for i in range(50000, 50004):
         save_image(root / "test_dirty_mnist_2nd" / f"{i}.png", rng.integers(0, 255, (24, 24), dtype=np.uint8))
-    pd.DataFrame({"index": range(50000, 50004), **{c: 0 for c in labels}}).to_csv(root / "sample_submission.csv", index=False)
+    pd.DataFrame({"index": range(50000, 50004), **{c: 0 for c in labels}}).to_csv(
+        root / "sample_submission.csv", index=False
+    )
 
 
 def _landmarks(root: Path, rng: np.random.Generator) -> None:
@@ -38,7 +40,9 @@ def _landmarks(root: Path, rng: np.random.Generator) -> None:
     pd.DataFrame(rows, columns=["id", "landmark_id"]).to_csv(root / "train.csv", index=False)
     for i in range(3):
         save_image(root / "test" / f"t{i}.JPG", class_image(rng, i), format="JPEG")
-    pd.DataFrame({"id": [f"t{i}" for i in range(3)], "landmark_id": 0, "conf": 0.0}).to_csv(root / "sample_submission.csv", index=False)
+    pd.DataFrame({"id": [f"t{i}" for i in range(3)], "landmark_id": 0, "conf": 0.0}).to_csv(
+        root / "sample_submission.csv", index=False
+    )
 
 
 def _art(root: Path, rng: np.random.Generator) -> None:
@@ -61,10 +65,27 @@ def _dogs(root: Path, rng: np.random.Generator) -> None:
         save_image(root / "test" / f"mine_{i}.jpg", class_image(rng, i, size=28))
 
 
-LAYOUTS = {"letters": _letters, "landmarks": _landmarks, "art": _art, "art_xception": _art, "dogs": _dogs,
-           "finetune_lite0": _art}
-STEP = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "cv.n_folds=2", "cv.folds=[0]",
-        "data.image_size=32", "data.batch_size=4", "trainer=cpu", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "data.num_workers=0"]
+LAYOUTS = {
+    "letters": _letters,
+    "landmarks": _landmarks,
+    "art": _art,
+    "art_xception": _art,
+    "dogs": _dogs,
+    "finetune_lite0": _art,
+}
+STEP = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=1",
+    "trainer.limit_val_batches=1",
+    "cv.n_folds=2",
+    "cv.folds=[0]",
+    "data.image_size=32",
+    "data.batch_size=4",
+    "trainer=cpu",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "data.num_workers=0",
+]
 
 
 def test_every_preset_has_a_test() -> None:
@@ -87,6 +108,9 @@ def test_preset_trains_a_step_and_predicts(name: str, tmp_path: Path) -> None:
     sub = pd.read_csv(out)
     if sample.is_file():  # the submission copies the sample's columns and ids
         ref = pd.read_csv(sample)
-        assert list(sub.columns) == list(ref.columns) and sub.iloc[:, 0].astype(str).tolist() == ref.iloc[:, 0].astype(str).tolist()
+        assert (
+            list(sub.columns) == list(ref.columns)
+            and sub.iloc[:, 0].astype(str).tolist() == ref.iloc[:, 0].astype(str).tolist()
+        )
     if name == "landmarks":
         assert sub["conf"].between(0, 1).all()

@@ -68,19 +68,41 @@ def test_group_strategies(csv_data: Path) -> None:
     df["patient"] = [f"p{i // 2}" for i in range(len(df))]
     df.to_csv(csv_data / "train.csv", index=False)
     for strategy in ("group", "stratified_group"):
-        data = load_cv_data(compose_cfg("data=csv", f"data.root={csv_data}", "task=multiclass", f"cv.strategy={strategy}", "data.group_col=patient", "cv.n_folds=3"))
+        data = load_cv_data(
+            compose_cfg(
+                "data=csv",
+                f"data.root={csv_data}",
+                "task=multiclass",
+                f"cv.strategy={strategy}",
+                "data.group_col=patient",
+                "cv.n_folds=3",
+            )
+        )
         groups = data.table.train["group"]
         assert (pd.Series(data.folds).groupby(groups.values).nunique() == 1).all()  # a group never spans folds
     # other groups on the same ids and labels: the saved group split would leak, so it is refused
     df["patient"] = [f"p{i % 5}" for i in range(len(df))]
     df.to_csv(csv_data / "train.csv", index=False)
     with pytest.raises(FoldvisionError, match="group.*changed.*cv.regenerate=true"):
-        load_cv_data(compose_cfg("data=csv", f"data.root={csv_data}", "task=multiclass", "cv.strategy=group", "data.group_col=patient", "cv.n_folds=3"))
+        load_cv_data(
+            compose_cfg(
+                "data=csv",
+                f"data.root={csv_data}",
+                "task=multiclass",
+                "cv.strategy=group",
+                "data.group_col=patient",
+                "cv.n_folds=3",
+            )
+        )
 
 
 def test_missing_group_column_named(csv_data: Path) -> None:
     with pytest.raises(FoldvisionError, match=r"\['site'\]"):
-        load_cv_data(compose_cfg("data=csv", f"data.root={csv_data}", "task=multiclass", "cv.strategy=group", "data.group_col=site"))
+        load_cv_data(
+            compose_cfg(
+                "data=csv", f"data.root={csv_data}", "task=multiclass", "cv.strategy=group", "data.group_col=site"
+            )
+        )
 
 
 def _make(args):

@@ -19,7 +19,16 @@ def _save(img: Image.Image, path: Path, **kw) -> Path:
 
 @pytest.mark.parametrize(
     "mode,fmt",
-    [("L", "PNG"), ("RGB", "JPEG"), ("RGBA", "PNG"), ("P", "PNG"), ("I;16", "PNG"), ("CMYK", "JPEG"), ("RGB", "WEBP"), ("LA", "PNG")],
+    [
+        ("L", "PNG"),
+        ("RGB", "JPEG"),
+        ("RGBA", "PNG"),
+        ("P", "PNG"),
+        ("I;16", "PNG"),
+        ("CMYK", "JPEG"),
+        ("RGB", "WEBP"),
+        ("LA", "PNG"),
+    ],
 )
 def test_modes_decode(tmp_path: Path, mode: str, fmt: str) -> None:
     rng = np.random.default_rng(0)

@@ -34,7 +34,9 @@ def test_multilabel_scores_match_sklearn(threshold: float) -> None:
     scores = task.score(probs, targets)
     pred = (probs >= threshold).astype(int)
     y = targets.astype(int)
-    assert scores["label_accuracy"] == pytest.approx(np.mean([accuracy_score(y[:, j], pred[:, j]) for j in range(5)]), abs=1e-6)
+    assert scores["label_accuracy"] == pytest.approx(
+        np.mean([accuracy_score(y[:, j], pred[:, j]) for j in range(5)]), abs=1e-6
+    )
     assert scores["exact_match"] == pytest.approx(accuracy_score(y, pred), abs=1e-6)  # subset accuracy
     assert scores["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro", zero_division=0), abs=1e-6)
     present = y.sum(0) > 0

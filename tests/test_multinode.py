@@ -25,8 +25,18 @@ def _free_port() -> int:
 
 
 def _overrides(data: Path, run: Path) -> list[str]:
-    return [*TEST_OVERRIDES, "trainer=ddp", "trainer.accelerator=cpu", "data=folder", f"data.root={data}", "task=multiclass",
-            "cv.n_folds=3", "cv.folds=[0,1]", "trainer.max_epochs=2", f"hydra.run.dir={run}"]
+    return [
+        *TEST_OVERRIDES,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "data=folder",
+        f"data.root={data}",
+        "task=multiclass",
+        "cv.n_folds=3",
+        "cv.folds=[0,1]",
+        "trainer.max_epochs=2",
+        f"hydra.run.dir={run}",
+    ]
 
 
 def _files_by_mode(run: Path) -> dict[str, int]:
@@ -41,13 +51,32 @@ def _files_by_mode(run: Path) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_two_torchrun_nodes_match_one_node_with_two_processes(folder_data: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
-    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "SLURM_NTASKS", "MASTER_PORT"):
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])),
+    }
+    for var in (
+        "RANK",
+        "LOCAL_RANK",
+        "WORLD_SIZE",
+        "NODE_RANK",
+        "GROUP_RANK",
+        "SLURM_PROCID",
+        "SLURM_NTASKS",
+        "MASTER_PORT",
+    ):
         env.pop(var, None)
     # one node, two processes (Lightning starts the second); it also makes the shared fold file
     single = tmp_path / "single"
-    out = subprocess.run([sys.executable, str(ROOT / "train.py"), *_overrides(folder_data, single), "trainer.devices=2"],
-                         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *_overrides(folder_data, single), "trainer.devices=2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-4000:]
 
     # two nodes of one process each. Node 1 runs with umask 077 and its own working directory: any
@@ -57,13 +86,31 @@ def test_two_torchrun_nodes_match_one_node_with_two_processes(folder_data: Path,
     port = _free_port()
     nodes = []
     for node in (0, 1):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={node}", "--nproc-per-node=1",
-               "--master-addr=127.0.0.1", f"--master-port={port}", str(ROOT / "train.py"),
-               *_overrides(folder_data, multi), "trainer.devices=1", "trainer.num_nodes=2"]
-        nodes.append(subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            cwd=tmp_path if node == 0 else node1_cwd, preexec_fn=(lambda: os.umask(0o022)) if node == 0 else (lambda: os.umask(0o077)),
-        ))
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            f"--node-rank={node}",
+            "--nproc-per-node=1",
+            "--master-addr=127.0.0.1",
+            f"--master-port={port}",
+            str(ROOT / "train.py"),
+            *_overrides(folder_data, multi),
+            "trainer.devices=1",
+            "trainer.num_nodes=2",
+        ]
+        nodes.append(
+            subprocess.Popen(
+                cmd,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                cwd=tmp_path if node == 0 else node1_cwd,
+                preexec_fn=(lambda: os.umask(0o022)) if node == 0 else (lambda: os.umask(0o077)),
+            )
+        )
     logs = []
     for p in nodes:
         try:
@@ -81,7 +128,11 @@ def test_two_torchrun_nodes_match_one_node_with_two_processes(folder_data: Path,
     assert b["folds_done"] == [0, 1]
     assert a["oof"] == b["oof"]
     for fa, fb in zip(a["folds"], b["folds"]):
-        assert (fa["scores"], fa["best_epoch"], fa["epochs_trained"]) == (fb["scores"], fb["best_epoch"], fb["epochs_trained"])
+        assert (fa["scores"], fa["best_epoch"], fa["epochs_trained"]) == (
+            fb["scores"],
+            fb["best_epoch"],
+            fb["epochs_trained"],
+        )
     oof_a, oof_b = pd.read_csv(single / "oof.csv"), pd.read_csv(multi / "oof.csv")
     assert oof_a["id"].tolist() == oof_b["id"].tolist()
     probs = [c for c in oof_a.columns if c.startswith("prob_")] or oof_a.select_dtypes("float").columns.tolist()
@@ -90,7 +141,13 @@ def test_two_torchrun_nodes_match_one_node_with_two_processes(folder_data: Path,
 
     # only global rank 0 wrote: the same files as the single-node run, every one created by node 0
     files = _files_by_mode(multi)
-    assert set(files) - {"data_config.json"} >= {"config.yaml", "oof.csv", "cv_summary.json", "fold_0/last.ckpt", "fold_1/best.ckpt"}
+    assert set(files) - {"data_config.json"} >= {
+        "config.yaml",
+        "oof.csv",
+        "cv_summary.json",
+        "fold_0/last.ckpt",
+        "fold_1/best.ckpt",
+    }
     assert set(files) == set(_files_by_mode(single))
     private = sorted(f for f, mode in files.items() if not mode & stat.S_IROTH)
     assert not private, f"written by node 1 (global rank 1): {private}"

@@ -69,14 +69,31 @@ def test_multilabel_sample_submission_and_oof_thresholds(multilabel_run: Path, m
     thr = json.loads((multilabel_run / "predictions" / "thresholds.json").read_text())
     assert thr["labels"] == ["a", "b", "c", "d"] and len(thr["thresholds"]) == 4
     # space-separated labels instead of 0/1 columns
-    out2 = run_predict(_predict_cfg(f"runs=[{multilabel_run}]", "submission_format=labels", "sample_submission=false", f"out={multilabel_run}/p2/s.csv"))
+    out2 = run_predict(
+        _predict_cfg(
+            f"runs=[{multilabel_run}]",
+            "submission_format=labels",
+            "sample_submission=false",
+            f"out={multilabel_run}/p2/s.csv",
+        )
+    )
     assert list(pd.read_csv(out2).columns) == ["index", "labels"]
 
 
 def test_runs_with_other_input_sizes_share_one_decode(multiclass_run: Path, folder_data: Path, tmp_path: Path) -> None:
     """A 24 px grayscale run and a 32 px RGB run ensembled: each model gets its own resize."""
     small = tmp_path / "small"
-    run_cv(compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3", "data.image_size=24", "model.in_chans=1"), small)
+    run_cv(
+        compose_cfg(
+            "data=folder",
+            f"data.root={folder_data}",
+            "task=multiclass",
+            "cv.n_folds=3",
+            "data.image_size=24",
+            "model.in_chans=1",
+        ),
+        small,
+    )
     out = run_predict(_predict_cfg(f"runs=[{multiclass_run},{small}]", "tta=[dihedral]"))
     assert len(pd.read_csv(out)) == 4
     from foldvision.data.predict_dataset import MultiSizeDataset
@@ -93,7 +110,9 @@ def test_runs_with_other_input_sizes_share_one_decode(multiclass_run: Path, fold
     save_image(tmp_path / "big.jpg", np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1).astype(np.uint8), quality=95)
     item = MultiSizeDataset([str(tmp_path / "big.jpg")], [(64, 64, 3), (160, 160, 3)])[0]
     for side in (64, 160):
-        val = ImageDataset([str(tmp_path / "big.jpg")], None, eval_transform([side, side]), 3, decode_size=[side, side])[0][0]
+        val = ImageDataset(
+            [str(tmp_path / "big.jpg")], None, eval_transform([side, side]), 3, decode_size=[side, side]
+        )[0][0]
         assert torch.equal(item[f"{side}x{side}x3"], val)
 
 
@@ -133,7 +152,13 @@ def test_sample_submission_ids_must_exist(multilabel_run: Path, multihot_data: P
     sample.loc[0, "index"] = 999
     sample.to_csv(multihot_data / "other_sample.csv", index=False)
     with pytest.raises(FoldvisionError, match="999"):
-        run_predict(_predict_cfg(f"runs=[{multilabel_run}]", f"sample_submission={multihot_data / 'other_sample.csv'}", f"test_csv={multihot_data / 'sample_submission.csv'}"))
+        run_predict(
+            _predict_cfg(
+                f"runs=[{multilabel_run}]",
+                f"sample_submission={multihot_data / 'other_sample.csv'}",
+                f"test_csv={multihot_data / 'sample_submission.csv'}",
+            )
+        )
 
 
 def test_combine_methods() -> None:
@@ -191,7 +216,9 @@ def test_options_checked_before_any_model_loads(multiclass_run: Path) -> None:
         run_predict(_predict_cfg(f"runs=[{multiclass_run}]", "weights=[-1]"))
     with pytest.raises(FoldvisionError, match="average=rank.*submission_format=probs"):
         run_predict(_predict_cfg(f"runs=[{multiclass_run}]", "average=rank"))
-    out = run_predict(_predict_cfg(f"runs=[{multiclass_run}]", "tta=hflip", "folds=1", "average=rank", "submission_format=probs"))
+    out = run_predict(
+        _predict_cfg(f"runs=[{multiclass_run}]", "tta=hflip", "folds=1", "average=rank", "submission_format=probs")
+    )
     sub = pd.read_csv(out)  # one TTA name and one fold need no list; rank scores go out as scores
     assert list(sub.columns) == ["id", "cat", "dog", "fox"] and sub[["cat", "dog", "fox"]].max().max() <= 1.0
 
@@ -212,13 +239,22 @@ def test_probs_format_is_not_turned_into_labels(multiclass_run: Path, tmp_path: 
     """A one-label-column sample cannot take probabilities (or rank scores): refused, not decoded."""
     pd.DataFrame({"id": [f"t{i}" for i in range(4)], "label": "cat"}).to_csv(tmp_path / "one_col.csv", index=False)
     with pytest.raises(FoldvisionError, match="submission_format=probs"):
-        run_predict(_predict_cfg(f"runs=[{multiclass_run}]", "average=rank", "submission_format=probs", f"sample_submission={tmp_path / 'one_col.csv'}"))
+        run_predict(
+            _predict_cfg(
+                f"runs=[{multiclass_run}]",
+                "average=rank",
+                "submission_format=probs",
+                f"sample_submission={tmp_path / 'one_col.csv'}",
+            )
+        )
 
 
 def test_nan_probabilities_read_back_as_nan(tmp_path: Path) -> None:
     from foldvision.io import read_oof
 
-    pd.DataFrame({"id": ["007", "8"], "target": ["None", "x"], "fold": [0, 1], "prob_a": [np.nan, 0.5]}).to_csv(tmp_path / "oof.csv", index=False)
+    pd.DataFrame({"id": ["007", "8"], "target": ["None", "x"], "fold": [0, 1], "prob_a": [np.nan, 0.5]}).to_csv(
+        tmp_path / "oof.csv", index=False
+    )
     oof = read_oof(tmp_path / "oof.csv")
     assert oof["id"].tolist() == ["007", "8"] and oof["target"].tolist() == ["None", "x"]
     assert np.isnan(oof["prob_a"].iloc[0]) and oof["prob_a"].dtype == np.float64
@@ -247,10 +283,15 @@ def test_tta_views_are_applied() -> None:
         assert np.abs(tta - plain).max() > 1e-3  # the view mattered
 
 
-def test_multi_run_ensemble_is_weighted_mean_of_members(multiclass_run: Path, folder_data: Path, tmp_path: Path) -> None:
+def test_multi_run_ensemble_is_weighted_mean_of_members(
+    multiclass_run: Path, folder_data: Path, tmp_path: Path
+) -> None:
     """weights=[2,1] average=mean: the submission's probabilities are (2 p1 + p2) / 3 of each run's own."""
     other = tmp_path / "mc_run2"
-    run_cv(compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3", "optimizer=sgd"), other)
+    run_cv(
+        compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3", "optimizer=sgd"),
+        other,
+    )
     own = []
     for i, run in enumerate((multiclass_run, other)):
         run_predict(_predict_cfg(f"runs=[{run}]", f"out={tmp_path}/own{i}/s.csv"))

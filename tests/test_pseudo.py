@@ -104,13 +104,27 @@ def test_pseudo_rows_of_a_box_cropping_run_keep_their_boxes(csv_data: Path, tmp_
     test = pd.DataFrame({"image_id": [f"x{i}.png" for i in range(5)]})
     test[["x1", "y1", "x2", "y2"]] = [[1 + i, 3, 15 + i, 18] for i in range(5)]
     test.to_csv(csv_data / "test.csv", index=False)
-    base = ["data=csv", f"data.root={csv_data}", "task=multiclass", "data.bbox.columns=[x1,y1,x2,y2]",
-            "cv.n_folds=3", "data.test_csv=test.csv", "data.test_image_dir=test_images"]
+    base = [
+        "data=csv",
+        f"data.root={csv_data}",
+        "task=multiclass",
+        "data.bbox.columns=[x1,y1,x2,y2]",
+        "cv.n_folds=3",
+        "data.test_csv=test.csv",
+        "data.test_image_dir=test_images",
+    ]
     run = tmp_path / "run"
     run_cv(compose_cfg(*base, "cv.folds=[0]"), run)
     pseudo_csv = tmp_path / "pseudo.csv"
-    run_predict(compose_cfg(f"runs=[{run}]", "allow_missing_folds=true", f"pseudo.out={pseudo_csv}",
-                            "pseudo.top_fraction=1.0", config_name="predict"))
+    run_predict(
+        compose_cfg(
+            f"runs=[{run}]",
+            "allow_missing_folds=true",
+            f"pseudo.out={pseudo_csv}",
+            "pseudo.top_fraction=1.0",
+            config_name="predict",
+        )
+    )
     table = pd.read_csv(pseudo_csv, dtype={"image_id": str})
     assert len(table) == 5
     want = test.set_index("image_id").loc[table["image_id"], ["x1", "y1", "x2", "y2"]].to_numpy(dtype=float)

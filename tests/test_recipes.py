@@ -49,8 +49,19 @@ def test_cutmix_mixup_ema_train_and_predict(multihot_data: Path, tmp_path: Path)
     """model.ema=true: validation, the OOF predictions and predict.py all use the EMA weights, not
     the raw trained ones."""
     run = tmp_path / "run"
-    run_cv(compose_cfg(*multihot_overrides(multihot_data), "cv.folds=[0]", "augment.cutmix=0.5", "augment.mixup=0.5",
-                       "augment.mix_off_epochs=1", "trainer.max_epochs=2", "model.ema=true", "model.ema_decay=0.9"), run)
+    run_cv(
+        compose_cfg(
+            *multihot_overrides(multihot_data),
+            "cv.folds=[0]",
+            "augment.cutmix=0.5",
+            "augment.mixup=0.5",
+            "augment.mix_off_epochs=1",
+            "trainer.max_epochs=2",
+            "model.ema=true",
+            "model.ema_decay=0.9",
+        ),
+        run,
+    )
     ckpt = torch.load(run / "fold_0" / "best.ckpt", weights_only=True)
     assert any(k.startswith("ema.module.") for k in ckpt["state_dict"])
     out = run_predict(compose_cfg(f"runs=[{run}]", "allow_missing_folds=true", config_name="predict"))
@@ -59,7 +70,9 @@ def test_cutmix_mixup_ema_train_and_predict(multihot_data: Path, tmp_path: Path)
     cfg = load_run_config(run)
     data = load_cv_data(cfg)
     task, data_config = data.task, json.loads((run / "data_config.json").read_text())
-    weights = {p: {k[len(p):]: v for k, v in ckpt["state_dict"].items() if k.startswith(p)} for p in ("ema.module.", "model.")}
+    weights = {
+        p: {k[len(p) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(p)} for p in ("ema.module.", "model.")
+    }
 
     def probs(prefix: str, dataset) -> np.ndarray:
         model, _ = create_classifier(cfg.model, task.num_outputs, data_config=data_config, pretrained=False)
@@ -67,7 +80,10 @@ def test_cutmix_mixup_ema_train_and_predict(multihot_data: Path, tmp_path: Path)
         return predict_oof(model.eval(), dataset, task, 8)
 
     val = data.folds == 0
-    ema, raw = probs("ema.module.", data.dataset(cfg, data_config, val)), probs("model.", data.dataset(cfg, data_config, val))
+    ema, raw = (
+        probs("ema.module.", data.dataset(cfg, data_config, val)),
+        probs("model.", data.dataset(cfg, data_config, val)),
+    )
     assert np.abs(ema - raw).max() > 1e-4  # the EMA copy is not the trained weights
     oof = pd.read_csv(run / "fold_0" / "oof.csv")
     np.testing.assert_allclose(oof[task.prob_columns()].to_numpy(), ema, atol=1e-5)
@@ -77,8 +93,10 @@ def test_cutmix_mixup_ema_train_and_predict(multihot_data: Path, tmp_path: Path)
     bce = lambda p: float(torch.nn.functional.binary_cross_entropy(torch.tensor(p), torch.tensor(data.targets[val])))
     assert val_loss == pytest.approx(bce(ema), abs=1e-4) and val_loss != pytest.approx(bce(raw), abs=1e-4)
     # predict.py: the fold model's test probabilities are the EMA model's (one fold, no TTA)
-    test = MultiSizeDataset(pd.read_csv(run / "predictions" / "probs.csv")["id"].map(_test_path(cfg)).tolist(),
-                            [(*data_config["image_size"], data_config["in_chans"])])
+    test = MultiSizeDataset(
+        pd.read_csv(run / "predictions" / "probs.csv")["id"].map(_test_path(cfg)).tolist(),
+        [(*data_config["image_size"], data_config["in_chans"])],
+    )
     np.testing.assert_allclose(np.load(run / "predictions" / "probs.npy"), probs("ema.module.", _Only(test)), atol=1e-5)
 
 
@@ -123,8 +141,12 @@ def test_early_stopping_stops_at_patience(tmp_path: Path) -> None:
 
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 2)), batch_size=2)
     for enabled, epochs in ((True, 3), (False, 6)):
-        cfg = compose_cfg("trainer.max_epochs=6", f"callbacks.early_stopping.enabled={str(enabled).lower()}",
-                          "callbacks.early_stopping.patience=2", "scheduler=none")
+        cfg = compose_cfg(
+            "trainer.max_epochs=6",
+            f"callbacks.early_stopping.enabled={str(enabled).lower()}",
+            "callbacks.early_stopping.patience=2",
+            "scheduler=none",
+        )
         trainer = build_trainer(cfg, tmp_path / str(enabled), "val/accuracy", batches_per_epoch=2)
         trainer.fit(Flat(), loader, loader)
         assert trainer.current_epoch == epochs
@@ -135,14 +157,22 @@ def test_freeze_backbone_then_unfreeze(folder_data: Path, tmp_path: Path) -> Non
     assert json.loads((tmp_path / "run" / "cv_summary.json").read_text())["folds"][0]["epochs_trained"] == 2
 
 
-@pytest.mark.parametrize("extra", [
-    ["task.class_weights=balanced", "data.sampler=weighted"],
-    ["data.sampler=undersample", "scheduler=plateau"],
-    ["callbacks.early_stopping.enabled=true", "callbacks.early_stopping.patience=1", "trainer.max_epochs=4"],
-    ["trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=1.0", "scheduler=cosine", "scheduler.warmup_epochs=1"],
-    ["optimizer=adam", "scheduler=warmup_exp", "task.label_smoothing=0.1", "augment.cutmix=1.0"],
-    ["model.in_chans=1", "logger=tensorboard", "data.num_workers=2"],
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["task.class_weights=balanced", "data.sampler=weighted"],
+        ["data.sampler=undersample", "scheduler=plateau"],
+        ["callbacks.early_stopping.enabled=true", "callbacks.early_stopping.patience=1", "trainer.max_epochs=4"],
+        [
+            "trainer.accumulate_grad_batches=2",
+            "trainer.gradient_clip_val=1.0",
+            "scheduler=cosine",
+            "scheduler.warmup_epochs=1",
+        ],
+        ["optimizer=adam", "scheduler=warmup_exp", "task.label_smoothing=0.1", "augment.cutmix=1.0"],
+        ["model.in_chans=1", "logger=tensorboard", "data.num_workers=2"],
+    ],
+)
 def test_recipe_switches_train(folder_data: Path, tmp_path: Path, extra: list[str]) -> None:
     score = run_cv(_folder(folder_data, *extra), tmp_path / "run")
     assert 0.0 <= score <= 1.0

@@ -33,8 +33,18 @@ def _make_data(root: Path) -> Path:
 
 
 def _train_cmd(data: Path, run: Path) -> list[str]:
-    return [sys.executable, str(ROOT / "train.py"), *TEST_OVERRIDES, "data=folder", f"data.root={data}", "task=multiclass",
-            "cv.n_folds=3", "cv.folds=[0,1]", "trainer.max_epochs=2", f"hydra.run.dir={run}"]
+    return [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *TEST_OVERRIDES,
+        "data=folder",
+        f"data.root={data}",
+        "task=multiclass",
+        "cv.n_folds=3",
+        "cv.folds=[0,1]",
+        "trainer.max_epochs=2",
+        f"hydra.run.dir={run}",
+    ]
 
 
 def _run(cmd: list[str], kill_at: str | None = None) -> subprocess.CompletedProcess:
@@ -73,13 +83,16 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", [
-    "replace:stratified_k3_seed42.csv",  # while creating the fold file
-    "replace:last.ckpt",                 # while saving a checkpoint
-    "replace:best.ckpt",
-    "replace:oof.csv",                   # while writing a fold's OOF predictions
-    "replace:cv_summary.json",
-])
+@pytest.mark.parametrize(
+    "point",
+    [
+        "replace:stratified_k3_seed42.csv",  # while creating the fold file
+        "replace:last.ckpt",  # while saving a checkpoint
+        "replace:best.ckpt",
+        "replace:oof.csv",  # while writing a fold's OOF predictions
+        "replace:cv_summary.json",
+    ],
+)
 def test_kill_at_every_write_then_rerun(straight: tuple[Path, Path], tmp_path: Path, point: str) -> None:
     src, ref = straight
     data = tmp_path / "data"
@@ -99,7 +112,9 @@ def test_kill_at_every_write_then_rerun(straight: tuple[Path, Path], tmp_path: P
     b, oof_b = _results(run)
     assert a == b
     pd.testing.assert_frame_equal(oof_a, oof_b)
-    assert (data / "folds" / "stratified_k3_seed42.csv").read_bytes() == (src / "folds" / "stratified_k3_seed42.csv").read_bytes()
+    assert (data / "folds" / "stratified_k3_seed42.csv").read_bytes() == (
+        src / "folds" / "stratified_k3_seed42.csv"
+    ).read_bytes()
 
 
 @pytest.mark.slow
@@ -107,7 +122,13 @@ def test_kill_while_writing_submission(straight: tuple[Path, Path], tmp_path: Pa
     _, ref = straight
     run = tmp_path / "run"
     shutil.copytree(ref, run)
-    cmd = [sys.executable, str(ROOT / "predict.py"), f"runs=[{run}]", "allow_missing_folds=true", f"hydra.run.dir={tmp_path / 'p'}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "predict.py"),
+        f"runs=[{run}]",
+        "allow_missing_folds=true",
+        f"hydra.run.dir={tmp_path / 'p'}",
+    ]
     killed = _run(cmd, kill_at="replace:submission.csv")
     assert killed.returncode == -signal.SIGKILL
     assert not (run / "predictions" / "submission.csv").exists()  # no partial submission in place
@@ -115,7 +136,9 @@ def test_kill_while_writing_submission(straight: tuple[Path, Path], tmp_path: Pa
     assert _run(cmd).returncode == 0 and len(pd.read_csv(run / "predictions" / "submission.csv")) == 3
 
 
-def test_divergence_stops_the_fold_and_keeps_last_good(folder_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_divergence_stops_the_fold_and_keeps_last_good(
+    folder_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from foldvision.models import module
 
     original = module.ClassifierModule.forward
@@ -125,11 +148,20 @@ def test_divergence_stops_the_fold_and_keeps_last_good(folder_data: Path, tmp_pa
         return out * float("nan") if self.training and self.current_epoch >= 1 else out
 
     monkeypatch.setattr(module.ClassifierModule, "forward", nan_from_epoch_1)
-    cfg = compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3", "cv.folds=[0]", "trainer.max_epochs=3")
+    cfg = compose_cfg(
+        "data=folder",
+        f"data.root={folder_data}",
+        "task=multiclass",
+        "cv.n_folds=3",
+        "cv.folds=[0]",
+        "trainer.max_epochs=3",
+    )
     with pytest.raises(module.DivergenceError, match=r"loss became nan at epoch 1.*last.ckpt"):
         run_cv(cfg, tmp_path / "run")
     last = load_checkpoint(tmp_path / "run" / "fold_0" / "last.ckpt")
-    assert last["epoch"] == 0 and all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    assert last["epoch"] == 0 and all(
+        torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point()
+    )
     assert not (tmp_path / "run" / "fold_0" / "result.json").exists()
 
 
@@ -148,7 +180,14 @@ def test_checkpoint_with_code_is_refused(tmp_path: Path) -> None:
 
 
 def test_same_seed_same_results_other_seed_other_folds(folder_data: Path, tmp_path: Path) -> None:
-    base = ["data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3", "augment=strong", "trainer.max_epochs=2"]
+    base = [
+        "data=folder",
+        f"data.root={folder_data}",
+        "task=multiclass",
+        "cv.n_folds=3",
+        "augment=strong",
+        "trainer.max_epochs=2",
+    ]
     a = run_cv(compose_cfg(*base), tmp_path / "a")
     fold_a = (folder_data / "folds" / "stratified_k3_seed42.csv").read_bytes()
     b = run_cv(compose_cfg(*base), tmp_path / "b")
@@ -159,11 +198,15 @@ def test_same_seed_same_results_other_seed_other_folds(folder_data: Path, tmp_pa
     assert other["fold"].tolist() != pd.read_csv(folder_data / "folds" / "stratified_k3_seed42.csv")["fold"].tolist()
 
 
-def test_full_disk_is_caught_before_training(folder_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_disk_is_caught_before_training(
+    folder_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=10 * 2**20))
     with pytest.raises(FoldvisionError, match="not enough disk space"):
-        run_cv(compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3"), tmp_path / "run")
+        run_cv(
+            compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3"), tmp_path / "run"
+        )
     assert not list((tmp_path / "run").glob("fold_*"))
 
 
@@ -181,7 +224,10 @@ def test_tiny_huge_and_odd_images_train(tmp_path: Path, monkeypatch: pytest.Monk
     Image.fromarray(class_image(rng, 0)).convert("CMYK").save(root / "train" / "a" / "cmyk.jpg")
     Image.fromarray(rng.integers(0, 65535, (20, 20)).astype(np.uint16)).save(root / "train" / "b" / "deep.png")
     Image.fromarray(class_image(rng, 1)).convert("P").save(root / "train" / "b" / "pal.png", transparency=0)
-    run_cv(compose_cfg("data=folder", f"data.root={root}", "task=multiclass", "cv.n_folds=2", "cv.strategy=kfold"), tmp_path / "run")
+    run_cv(
+        compose_cfg("data=folder", f"data.root={root}", "task=multiclass", "cv.n_folds=2", "cv.strategy=kfold"),
+        tmp_path / "run",
+    )
     # beyond Pillow's decompression-bomb limit: a clear error naming the file
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     from foldvision.data.images import ImageReadError, load_image

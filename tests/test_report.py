@@ -23,7 +23,12 @@ def _embedded_pngs(page: str) -> list[bytes]:
 
 def test_multiclass_run_report(folder_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    run_cv(compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3", "trainer.max_epochs=2"), run)
+    run_cv(
+        compose_cfg(
+            "data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3", "trainer.max_epochs=2"
+        ),
+        run,
+    )
     page = (run / "report" / "report.html").read_text()
     for name in ("curves", "class_distribution", "confusion_matrix", "worst_mistakes", "lr_schedule", "augmentations"):
         assert (run / "report" / f"{name}.png").is_file(), name
@@ -49,7 +54,14 @@ def test_worst_mistakes_are_wrong_first() -> None:
     from foldvision.tasks import create_task
 
     task = create_task(OmegaConf.create({"name": "multiclass"}), ["a", "b"])
-    oof = pd.DataFrame({"id": ["right_unsure", "wrong", "right"], "target": ["a", "a", "b"], "prob_a": [0.51, 0.4, 0.1], "prob_b": [0.49, 0.6, 0.9]})
+    oof = pd.DataFrame(
+        {
+            "id": ["right_unsure", "wrong", "right"],
+            "target": ["a", "a", "b"],
+            "prob_a": [0.51, 0.4, 0.1],
+            "prob_b": [0.49, 0.6, 0.9],
+        }
+    )
     assert worst_mistakes(oof, task, 3)["id"].tolist() == ["wrong", "right_unsure", "right"]
 
 
@@ -58,8 +70,20 @@ def test_sweep_report(folder_data: Path, tmp_path: Path) -> None:
     from conftest import TEST_OVERRIDES
 
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, str(ROOT / "train.py"), "-m", *TEST_OVERRIDES, "data=folder", f"data.root={folder_data}", "task=multiclass",
-           "cv.n_folds=3", "cv.folds=[0]", "trainer.max_epochs=2", "optimizer.lr=1e-3,1e-2", f"hydra.sweep.dir={sweep}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        *TEST_OVERRIDES,
+        "data=folder",
+        f"data.root={folder_data}",
+        "task=multiclass",
+        "cv.n_folds=3",
+        "cv.folds=[0]",
+        "trainer.max_epochs=2",
+        "optimizer.lr=1e-3,1e-2",
+        f"hydra.sweep.dir={sweep}",
+    ]
     subprocess.run(cmd, check=True, capture_output=True)
     page = (sweep / "sweep_report.html").read_text()
     assert "optimizer.lr=0.001" in page and "optimizer.lr=0.01" in page and len(_embedded_pngs(page)) == 1
@@ -75,7 +99,9 @@ def test_check_tries_hub_weights(folder_data: Path, monkeypatch: pytest.MonkeyPa
     """model.pretrained=true without a weights file: check fetches the hub weights as training would, and
     offline says FAIL with the two ways on instead of an ok that training then contradicts."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cfg = compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "model=resnet10t", "model.pretrained=true")
+    cfg = compose_cfg(
+        "data=folder", f"data.root={folder_data}", "task=multiclass", "model=resnet10t", "model.pretrained=true"
+    )
     (problem,) = run_check(cfg)
     assert "resnet10t" in problem and "model.pretrained=false" in problem and "model.weights_file" in problem
 
@@ -84,10 +110,15 @@ def test_check_reports_broken_dataset(folder_data: Path, tmp_path: Path) -> None
     (folder_data / "train" / "fox" / "fox_1.png").write_bytes(b"")
     (folder_data / "train" / "owl").mkdir()
     (folder_data / "train" / "owl" / "owl.png").write_bytes((folder_data / "train" / "cat" / "cat_0.png").read_bytes())
-    problems = run_check(compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "model.name=not_a_net"))
+    problems = run_check(
+        compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "model.name=not_a_net")
+    )
     text = "\n".join(problems)
     assert "not_a_net" in text and "fox_1.png" in text and "'owl' has 1 image" in text
     # the command line: same overrides as train.py, exit code 1
-    out = subprocess.run([sys.executable, "-m", "foldvision", "check", "data=folder", f"data.root={folder_data}", "task=multiclass"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "foldvision", "check", "data=folder", f"data.root={folder_data}", "task=multiclass"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 1 and "FAIL" in out.stdout and "fox_1.png" in out.stdout

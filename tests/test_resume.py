@@ -18,9 +18,19 @@ from conftest import ROOT, TEST_OVERRIDES, comparable_results
 
 def _cmd(data_root: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, str(ROOT / "train.py"), *TEST_OVERRIDES,
-        "data=folder", f"data.root={data_root}", "task=multiclass", "cv.n_folds=3", "cv.folds=[0,1]",
-        "trainer.max_epochs=4", "augment=strong", "model.drop_rate=0.3", f"hydra.run.dir={run_dir}", *extra,
+        sys.executable,
+        str(ROOT / "train.py"),
+        *TEST_OVERRIDES,
+        "data=folder",
+        f"data.root={data_root}",
+        "task=multiclass",
+        "cv.n_folds=3",
+        "cv.folds=[0,1]",
+        "trainer.max_epochs=4",
+        "augment=strong",
+        "model.drop_rate=0.3",
+        f"hydra.run.dir={run_dir}",
+        *extra,
     ]
 
 

@@ -27,9 +27,21 @@ def test_epoch_sampler_shards_without_loss() -> None:
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu(folder_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "train.py"), *TEST_OVERRIDES, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-           "data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3", "cv.folds=[0,1]", "trainer.max_epochs=2",
-           f"hydra.run.dir={run}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *TEST_OVERRIDES,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "data=folder",
+        f"data.root={folder_data}",
+        "task=multiclass",
+        "cv.n_folds=3",
+        "cv.folds=[0,1]",
+        "trainer.max_epochs=2",
+        f"hydra.run.dir={run}",
+    ]
     out = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-4000:]
     summary = json.loads((run / "cv_summary.json").read_text())
@@ -50,7 +62,10 @@ def test_parallel_jobs_claim_different_gpus(tmp_path: Path) -> None:
         "import sys, time; from foldvision.devices import claim_gpu; "
         f"print(claim_gpu(3, {str(tmp_path)!r}), flush=True); sys.stdin.read()"  # hold until told to stop
     )
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
     try:
         claimed = sorted(int(p.stdout.readline()) for p in procs)
     finally:
@@ -69,16 +84,23 @@ def test_gpu_locks_name_the_physical_gpu(tmp_path: Path) -> None:
     held = open(tmp_path / f"foldvision-{os.getuid()}-gpu-5.lock", "w")
     fcntl.flock(held, fcntl.LOCK_EX)
     code = f"from foldvision.devices import claim_gpu; print(claim_gpu(2, {str(tmp_path)!r}))"
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "CUDA_VISIBLE_DEVICES": "5,7"}, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "CUDA_VISIBLE_DEVICES": "5,7"}, capture_output=True, text=True
+    )
     held.close()
     assert out.stdout.strip() == "1", out.stderr
 
 
-@pytest.mark.parametrize("env,rank", [
-    ({}, 0), ({"RANK": "3"}, 3), ({"SLURM_PROCID": "2"}, 2),
-    ({"SLURM_PROCID": "0", "LOCAL_RANK": "1"}, 1),  # Lightning's child inside an `srun --pty` shell
-    ({"LOCAL_RANK": "0", "NODE_RANK": "1"}, 1),     # first process of the second node: not rank 0
-])
+@pytest.mark.parametrize(
+    "env,rank",
+    [
+        ({}, 0),
+        ({"RANK": "3"}, 3),
+        ({"SLURM_PROCID": "2"}, 2),
+        ({"SLURM_PROCID": "0", "LOCAL_RANK": "1"}, 1),  # Lightning's child inside an `srun --pty` shell
+        ({"LOCAL_RANK": "0", "NODE_RANK": "1"}, 1),  # first process of the second node: not rank 0
+    ],
+)
 def test_global_rank_from_the_launcher(monkeypatch: pytest.MonkeyPatch, env: dict, rank: int) -> None:
     from foldvision.config import global_rank
 
@@ -94,9 +116,22 @@ def test_ddp_with_frozen_backbone_epochs(folder_data: Path, tmp_path: Path) -> N
     """model.freeze_epochs under trainer=ddp: the frozen backbone has no gradients in epoch 0, which plain
     `ddp` (find_unused_parameters=False) rejects; training switches strategy, says why and trains both epochs."""
     run = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "train.py"), *TEST_OVERRIDES, "trainer=ddp", "trainer.accelerator=cpu",
-           "trainer.devices=2", "data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3",
-           "cv.folds=[0]", "trainer.max_epochs=2", "model.freeze_epochs=1", f"hydra.run.dir={run}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *TEST_OVERRIDES,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "data=folder",
+        f"data.root={folder_data}",
+        "task=multiclass",
+        "cv.n_folds=3",
+        "cv.folds=[0]",
+        "trainer.max_epochs=2",
+        "model.freeze_epochs=1",
+        f"hydra.run.dir={run}",
+    ]
     out = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-4000:]
     assert "trainer.strategy=ddp_find_unused_parameters_true" in out.stdout + out.stderr

@@ -53,7 +53,12 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
         # a fresh machine: bring the engine, as tests/test_tpu.py brings its venv (~20 s)
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "slurmctld", "slurmd", "slurm-client"], env=env, capture_output=True, timeout=600)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "slurmctld", "slurmd", "slurm-client"],
+            env=env,
+            capture_output=True,
+            timeout=600,
+        )
     if not shutil.which("slurmctld"):
         pytest.fail("slurm-wlm is not installed: apt-get install -y slurmctld slurmd slurm-client (.ci/run does this)")
     d = tmp_path_factory.mktemp("slurm")
@@ -63,8 +68,15 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
     conf.write_text(SLURM_CONF.format(d=d))
     env = {**os.environ, "SLURM_CONF": str(conf)}
     daemons = [
-        subprocess.Popen(["slurmctld", "-D", "-f", str(conf)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen(["slurmd", "-D", "-N", "localhost", "-f", str(conf)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen(
+            ["slurmctld", "-D", "-f", str(conf)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        ),
+        subprocess.Popen(
+            ["slurmd", "-D", "-N", "localhost", "-f", str(conf)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
     ]
     try:
         deadline = time.time() + 60
@@ -85,10 +97,25 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.slow
 def test_two_fold_cv_through_submitit_slurm(slurm_cluster: dict, folder_data: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, str(ROOT / "train.py"), "-m", *TEST_OVERRIDES, "data=folder", f"data.root={folder_data}", "task=multiclass",
-           "cv.n_folds=2", "cv.fold=0,1", "hydra/launcher=slurm", "hydra.launcher.partition=debug",  # conf/hydra/launcher/slurm.yaml
-           "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={sweep}"]
-    out = subprocess.run(cmd, cwd=ROOT, env={**slurm_cluster, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        *TEST_OVERRIDES,
+        "data=folder",
+        f"data.root={folder_data}",
+        "task=multiclass",
+        "cv.n_folds=2",
+        "cv.fold=0,1",
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=debug",  # conf/hydra/launcher/slurm.yaml
+        "hydra.launcher.timeout_min=10",
+        "hydra.launcher.cpus_per_task=1",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    out = subprocess.run(
+        cmd, cwd=ROOT, env={**slurm_cluster, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     assert list((sweep / ".submitit").iterdir()), "no SLURM jobs were submitted"
     summary = json.loads((sweep / "merged" / "cv_summary.json").read_text())

@@ -21,7 +21,13 @@ def test_folder_layout(folder_data: Path) -> None:
 
 
 def test_csv_layout_ids_without_extension(csv_data: Path) -> None:
-    cfg = compose_cfg("data=csv", f"data.root={csv_data}", "task=multiclass", "data.test_csv=sample_submission.csv", "data.test_image_dir=test_images")
+    cfg = compose_cfg(
+        "data=csv",
+        f"data.root={csv_data}",
+        "task=multiclass",
+        "data.test_csv=sample_submission.csv",
+        "data.test_image_dir=test_images",
+    )
     table = read_table(cfg.data)
     assert table.train["path"].str.endswith(".jpg").all()
     assert read_test_table(cfg.data)["id"].tolist()[0] == "x0.png"  # ids keep the sample submission's spelling
@@ -89,13 +95,20 @@ def test_multiclass_on_multihot_data_is_refused(multihot_data: Path) -> None:
 def test_builtin_datasets_written_once(tmp_path: Path) -> None:
     cfg = compose_cfg(f"paths.data_dir={tmp_path}")
     t1 = read_table(cfg.data)
-    assert len(t1.train) == 2000 and len(read_test_table(cfg.data)) == 500 and list(t1.labels.columns) == [str(d) for d in range(10)]
+    assert (
+        len(t1.train) == 2000
+        and len(read_test_table(cfg.data)) == 500
+        and list(t1.labels.columns) == [str(d) for d in range(10)]
+    )
     mtime = (tmp_path / "demo_letters" / "train.csv").stat().st_mtime
     read_table(cfg.data)
     assert (tmp_path / "demo_letters" / "train.csv").stat().st_mtime == mtime
     digits_cfg = compose_cfg(f"paths.data_dir={tmp_path}", "data=demo_digits", "task=multiclass").data
     digits = read_table(digits_cfg)
-    assert sorted(digits.labels.unique(), key=int) == [str(d) for d in range(10)] and len(read_test_table(digits_cfg)) == 397
+    assert (
+        sorted(digits.labels.unique(), key=int) == [str(d) for d in range(10)]
+        and len(read_test_table(digits_cfg)) == 397
+    )
 
 
 def test_labels_and_ids_are_read_as_written(csv_data: Path, tmp_path: Path) -> None:
@@ -117,7 +130,13 @@ def test_test_set_is_never_the_training_images(csv_data: Path) -> None:
     sample submission alone, its ids are the test ids, resolved like training ids."""
     cfg = compose_cfg("data=csv", f"data.root={csv_data}", "task=multiclass")
     assert read_test_table(cfg.data) is None
-    cfg = compose_cfg("data=csv", f"data.root={csv_data}", "task=multiclass", "data.sample_submission=sample_submission.csv", "data.test_image_dir=test_images")
+    cfg = compose_cfg(
+        "data=csv",
+        f"data.root={csv_data}",
+        "task=multiclass",
+        "data.sample_submission=sample_submission.csv",
+        "data.test_image_dir=test_images",
+    )
     assert read_test_table(cfg.data)["id"].tolist() == [f"x{i}.png" for i in range(5)]
 
 
@@ -129,7 +148,13 @@ def test_folder_layout_sample_ids_with_extension(folder_data: Path) -> None:
 
 
 def test_missing_test_image_does_not_stop_training(csv_data: Path) -> None:
-    cfg = compose_cfg("data=csv", f"data.root={csv_data}", "task=multiclass", "data.test_csv=sample_submission.csv", "data.test_image_dir=test_images")
+    cfg = compose_cfg(
+        "data=csv",
+        f"data.root={csv_data}",
+        "task=multiclass",
+        "data.test_csv=sample_submission.csv",
+        "data.test_image_dir=test_images",
+    )
     (csv_data / "test_images" / "x3.png").unlink()
     assert len(load_cv_data(cfg).table.train) == 24
     with pytest.raises(FoldvisionError, match=r"x3.*test_image_dir"):

@@ -49,7 +49,12 @@ def _venv_ok() -> bool:
     python = VENV / "bin" / "python"
     if not (python.is_file() and MARKER.is_file() and MARKER.read_text() == _pins()):
         return False
-    return subprocess.run([str(python), "-c", "import torch_xla, torchvision, lightning, timm"], capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            [str(python), "-c", "import torch_xla, torchvision, lightning, timm"], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +63,10 @@ def tpu_python() -> Path:
     if not _venv_ok():
         shutil.rmtree(VENV, ignore_errors=True)
         VENV.parent.mkdir(parents=True, exist_ok=True)
-        steps = [[sys.executable, "-m", "venv", str(VENV)], [str(VENV / "bin" / "pip"), "install", "-e", f"{ROOT}[tpu]", "pytest"]]
+        steps = [
+            [sys.executable, "-m", "venv", str(VENV)],
+            [str(VENV / "bin" / "pip"), "install", "-e", f"{ROOT}[tpu]", "pytest"],
+        ]
         for cmd in steps:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
             assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
@@ -98,8 +106,13 @@ def test_tpu_trains_on_xla_device(tpu_python: Path, multihot48: Path, tmp_path: 
 
     run, probe_file = tmp_path / "run", tmp_path / "probe.json"
     overrides = [
-        *TEST_OVERRIDES, *multihot_overrides(multihot48), "trainer=tpu",
-        "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "cv.n_folds=2", "cv.folds=[0]",
+        *TEST_OVERRIDES,
+        *multihot_overrides(multihot48),
+        "trainer=tpu",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=2",
+        "cv.n_folds=2",
+        "cv.folds=[0]",
     ]
     # PYTHONPATH: this checkout's foldvision, whatever checkout the venv was installed from
     env = {**os.environ, **XLA_ENV, "PYTHONPATH": str(ROOT / "src")}

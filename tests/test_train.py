@@ -26,7 +26,9 @@ def _check_run(run_dir: Path, n_rows: int, folds: list[int], metric: str) -> dic
 
 
 def test_multiclass_folder_full_cv(folder_data: Path, tmp_path: Path) -> None:
-    cfg = compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3", "trainer.max_epochs=2")
+    cfg = compose_cfg(
+        "data=folder", f"data.root={folder_data}", "task=multiclass", "cv.n_folds=3", "trainer.max_epochs=2"
+    )
     score = run_cv(cfg, tmp_path / "run")
     summary = _check_run(tmp_path / "run", 30, [0, 1, 2], "accuracy")
     assert score == summary["oof"]["accuracy"]
@@ -51,7 +53,16 @@ def test_multilabel_multihot(multihot_data: Path, tmp_path: Path) -> None:
 
 
 def test_csv_source_with_sgd_step(csv_data: Path, tmp_path: Path) -> None:
-    cfg = compose_cfg("data=csv", f"data.root={csv_data}", "task=multiclass", "cv.fold=1", "optimizer=sgd", "scheduler=step", "augment=strong", "cv.n_folds=3")
+    cfg = compose_cfg(
+        "data=csv",
+        f"data.root={csv_data}",
+        "task=multiclass",
+        "cv.fold=1",
+        "optimizer=sgd",
+        "scheduler=step",
+        "augment=strong",
+        "cv.n_folds=3",
+    )
     run_cv(cfg, tmp_path / "run")
     _check_run(tmp_path / "run", 8, [1], "accuracy")
 
@@ -61,7 +72,9 @@ def test_rerun_skips_finished_folds(folder_data: Path, tmp_path: Path) -> None:
     run_cv(cfg, tmp_path / "run")
     ckpt = tmp_path / "run" / "fold_0" / "best.ckpt"
     before = ckpt.stat().st_mtime_ns
-    run_cv(compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.folds=[0,1]"), tmp_path / "run")
+    run_cv(
+        compose_cfg("data=folder", f"data.root={folder_data}", "task=multiclass", "cv.folds=[0,1]"), tmp_path / "run"
+    )
     assert ckpt.stat().st_mtime_ns == before  # fold 0 not retrained
     _check_run(tmp_path / "run", 12, [0, 1], "accuracy")
 
@@ -99,7 +112,9 @@ def test_gpu_without_gpu_fails_before_data(tmp_path: Path) -> None:
         run_cv(cfg, tmp_path / "run")
 
 
-def test_task_head_must_fit_the_labels(folder_data: Path, csv_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_task_head_must_fit_the_labels(
+    folder_data: Path, csv_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A folder layout with the multi-label head is refused; single-label CSV rows under
     task=multilabel get a warning naming task=multiclass."""
     with pytest.raises(FoldvisionError, match="task=multiclass"):

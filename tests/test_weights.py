@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from conftest import ROOT, compose_cfg
 from PIL import Image
 
+from conftest import ROOT, compose_cfg
 from foldvision.errors import FoldvisionError
 from foldvision.models import weights as fw
 from foldvision.models.backbone import check_weights, create_backbone, create_classifier

@@ -66,14 +66,16 @@ def main(run_dir: str, probe_file: str, overrides: list[str]) -> None:
 
     class Probe(pl.Callback):
         def _record(self, key, trainer, pl_module, batch) -> None:
-            probe[key].append({
-                "param_device": next(pl_module.parameters()).device.type,
-                "batch_device": batch[0].device.type,
-                "strategy": type(trainer.strategy).__name__,
-                "accelerator": [c.__name__ for c in type(trainer.accelerator).__mro__],
-                "precision": type(trainer.precision_plugin).__name__,
-                "checkpoint_io": [c.__name__ for c in type(trainer.strategy.checkpoint_io).__mro__],
-            })
+            probe[key].append(
+                {
+                    "param_device": next(pl_module.parameters()).device.type,
+                    "batch_device": batch[0].device.type,
+                    "strategy": type(trainer.strategy).__name__,
+                    "accelerator": [c.__name__ for c in type(trainer.accelerator).__mro__],
+                    "precision": type(trainer.precision_plugin).__name__,
+                    "checkpoint_io": [c.__name__ for c in type(trainer.strategy.checkpoint_io).__mro__],
+                }
+            )
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             self._record("train", trainer, pl_module, batch)
@@ -90,7 +92,9 @@ def main(run_dir: str, probe_file: str, overrides: list[str]) -> None:
 
     training.build_trainer = build_trainer  # cv.train_fold imports it at call time
 
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", force=True)  # foldvision's log (device line)
+    logging.basicConfig(
+        level=logging.INFO, format="%(name)s: %(message)s", force=True
+    )  # foldvision's log (device line)
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     probe["oof_main_metric"] = run_cv(cfg, run_dir)

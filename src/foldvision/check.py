@@ -81,7 +81,9 @@ def run_check(cfg: DictConfig, workers: int = 4) -> list[str]:
         check_task_fits_data(cfg, targets)
         counts = np.bincount(targets, minlength=task.num_outputs) if targets.ndim == 1 else targets.sum(0).astype(int)
         shown = ", ".join(f"{c}: {int(n)}" for c, n in list(zip(task.classes, counts))[:30])
-        ok(f"task={task.name}: {task.num_outputs} {task.output_noun} ({shown}{' ...' if task.num_outputs > 30 else ''})")
+        ok(
+            f"task={task.name}: {task.num_outputs} {task.output_noun} ({shown}{' ...' if task.num_outputs > 30 else ''})"
+        )
     except FoldvisionError as e:
         bad(str(e))
         return problems
@@ -100,12 +102,18 @@ def run_check(cfg: DictConfig, workers: int = 4) -> list[str]:
     sizes = [r[1] for r in results if r[1]]
     modes = Counter(r[2] for r in results if r[2])
     if errors:
-        bad(f"{len(errors)} image(s) cannot be read, e.g.:\n       " + "\n       ".join(errors[:5]) + "\n       Fix or remove them, or set data.skip_bad=true.")
+        bad(
+            f"{len(errors)} image(s) cannot be read, e.g.:\n       "
+            + "\n       ".join(errors[:5])
+            + "\n       Fix or remove them, or set data.skip_bad=true."
+        )
     else:
         ok(f"all {len(paths)} training and {len(test_paths)} test images decode")
     if sizes:
         w, h = np.array(sizes).T
-        ok(f"image sizes: width {w.min()}-{w.max()} (median {int(np.median(w))}), height {h.min()}-{h.max()} (median {int(np.median(h))}); modes {dict(modes)}")
+        ok(
+            f"image sizes: width {w.min()}-{w.max()} (median {int(np.median(w))}), height {h.min()}-{h.max()} (median {int(np.median(h))}); modes {dict(modes)}"
+        )
     if not test_paths and test_error is None:
         con.print("[yellow]note[/yellow] no test images configured: predict.py will need test_csv=/test_image_dir=")
 
@@ -114,7 +122,16 @@ def run_check(cfg: DictConfig, workers: int = 4) -> list[str]:
     path = fold_file_path(cfg.cv.dir, strategy, int(cfg.cv.n_folds), int(cfg.cv.seed))
     try:
         if path.is_file() and not cfg.cv.regenerate:
-            load_or_make_folds(cfg.cv.dir, table.train["id"].tolist(), targets, task.classes, strategy, int(cfg.cv.n_folds), int(cfg.cv.seed), groups)
+            load_or_make_folds(
+                cfg.cv.dir,
+                table.train["id"].tolist(),
+                targets,
+                task.classes,
+                strategy,
+                int(cfg.cv.n_folds),
+                int(cfg.cv.seed),
+                groups,
+            )
             ok(f"fold file {path} matches the data")
         else:
             make_folds(targets, strategy, int(cfg.cv.n_folds), int(cfg.cv.seed), groups, task.classes)

@@ -64,14 +64,20 @@ def build_parser():
 
     parser = argparse.ArgumentParser(prog="foldvision")
     sub = parser.add_subparsers(dest="command", required=True)
-    report = sub.add_parser("report", help="(re)write report.html of a run folder, or sweep_report.html of a multirun folder")
+    report = sub.add_parser(
+        "report", help="(re)write report.html of a run folder, or sweep_report.html of a multirun folder"
+    )
     report.add_argument("path")
-    check = sub.add_parser("check", help="validate a config and its dataset without training (same overrides as train.py)")
+    check = sub.add_parser(
+        "check", help="validate a config and its dataset without training (same overrides as train.py)"
+    )
     check.add_argument("overrides", nargs="*", help="e.g. data=folder data.root=mydata task=multiclass")
     check.add_argument(
         "--config-dir", help="a folder of your own configs (e.g. DIR/experiment/mine.yaml), as for train.py"
     )
-    merge = sub.add_parser("cv-merge", help="combine runs that trained different folds of one config into one CV folder")
+    merge = sub.add_parser(
+        "cv-merge", help="combine runs that trained different folds of one config into one CV folder"
+    )
     merge.add_argument("runs", nargs="+", help="run folders (e.g. the members of a -m cv.fold=0,1,2,3,4 sweep)")
     merge.add_argument("--out", required=True, help="the combined run folder to write")
     bundle = sub.add_parser("bundle", help="copy what predict.py needs from run folders into one checksummed folder")

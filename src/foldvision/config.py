@@ -53,11 +53,24 @@ def compose(
         overrides.append(f"hydra.searchpath=[file://{path}]")
     with initialize_config_dir(conf_dir(), version_base="1.3"):
         return hydra_compose(config_name, overrides=overrides)
+
+
 # Keys a resumed run may change: they alter how a run is shown or how far it goes, not its results.
 RESUME_SAFE_KEYS = (
-    "resume", "name", "trainer.max_epochs", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
-    "data.num_workers", "data.cache", "data.cache_budget", "cv.folds", "cv.fold", "callbacks.progress_bar", "logger",
-    "paths.output_dir", "trainer.checkpoint_every_minutes",
+    "resume",
+    "name",
+    "trainer.max_epochs",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+    "data.num_workers",
+    "data.cache",
+    "data.cache_budget",
+    "cv.folds",
+    "cv.fold",
+    "callbacks.progress_bar",
+    "logger",
+    "paths.output_dir",
+    "trainer.checkpoint_every_minutes",
 )
 # Config values that are file system paths: made absolute so a run folder works from any cwd.
 PATH_KEYS = ("data.root", "cv.dir", "paths.data_dir", "paths.output_dir", "model.weights_file")
@@ -97,11 +110,19 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 # Keys that later foldvision versions added, with the value that reproduces what runs saved before
 # them did: a saved config without the key means this value (so such runs still resume and merge).
 ADDED_KEYS = {
-    "trainer.num_nodes": 1, "data.cache_budget": 0.25, "trainer.check_val_every_n_epoch": 1,
+    "trainer.num_nodes": 1,
+    "data.cache_budget": 0.25,
+    "trainer.check_val_every_n_epoch": 1,
     # losses from config (task.loss): a run saved before them trained with CE / BCE
-    "task.loss": None, "task.focal.gamma": 2.0, "task.focal.alpha": None,
-    "task.asl.gamma_neg": 4.0, "task.asl.gamma_pos": 1.0, "task.asl.clip": 0.05,
-    "model.head_init": "timm", "optimizer.backbone_lr_factor": 1.0, "optimizer.no_decay_norm_bias": False,
+    "task.loss": None,
+    "task.focal.gamma": 2.0,
+    "task.focal.alpha": None,
+    "task.asl.gamma_neg": 4.0,
+    "task.asl.gamma_pos": 1.0,
+    "task.asl.clip": 0.05,
+    "model.head_init": "timm",
+    "optimizer.backbone_lr_factor": 1.0,
+    "optimizer.no_decay_norm_bias": False,
 }
 
 
@@ -164,7 +185,9 @@ def prepare_run_dir(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        raise FoldvisionError(f"cannot write to the run folder {run_dir}: {e}. Set hydra.run.dir (or paths.output_dir) to a writable place.") from None
+        raise FoldvisionError(
+            f"cannot write to the run folder {run_dir}: {e}. Set hydra.run.dir (or paths.output_dir) to a writable place."
+        ) from None
     if global_rank() == 0:  # temp files of a killed earlier session (never read); other ranks write none
         for stale in run_dir.rglob(".*.tmp"):
             stale.unlink(missing_ok=True)

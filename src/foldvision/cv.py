@@ -56,7 +56,9 @@ def _check_val_classes(data: CVData, fold: int) -> None:
     missing = sorted(set(data.targets[data.folds == fold].tolist()) - train_classes)
     if missing:
         names = [data.task.classes[m] for m in missing]
-        raise FoldvisionError(f"fold {fold}: class(es) {names} appear in validation but not in training. Use cv.strategy=stratified or fewer folds.")
+        raise FoldvisionError(
+            f"fold {fold}: class(es) {names} appear in validation but not in training. Use cv.strategy=stratified or fewer folds."
+        )
 
 
 def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[str, Any]:
@@ -72,21 +74,32 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
     train_set = data.dataset(cfg, data_config, is_train, train=True, pseudo=True)  # + data.pseudo_csv rows
     val_set = data.dataset(cfg, data_config, is_val)
     dm = FoldDataModule(
-        train_set, val_set, int(cfg.data.batch_size), int(cfg.data.num_workers),
-        seed=int(cfg.seed), sampler=str(cfg.data.get("sampler") or "random"),
+        train_set,
+        val_set,
+        int(cfg.data.batch_size),
+        int(cfg.data.num_workers),
+        seed=int(cfg.seed),
+        sampler=str(cfg.data.get("sampler") or "random"),
     )
     aug = cfg.get("augment")
     module = ClassifierModule(
-        model, data.task, cfg.optimizer, cfg.scheduler,
+        model,
+        data.task,
+        cfg.optimizer,
+        cfg.scheduler,
         channels_last=bool(cfg.trainer.get("channels_last", False)),
         loss_fn=data.task.loss_fn(data.targets[is_train]),
-        mixer=create_mixer(aug, data.task.multi_label, data.task.num_outputs, float(cfg.task.get("label_smoothing") or 0.0)),
+        mixer=create_mixer(
+            aug, data.task.multi_label, data.task.num_outputs, float(cfg.task.get("label_smoothing") or 0.0)
+        ),
         mix_off_epochs=int(aug.get("mix_off_epochs") or 0) if aug is not None else 0,
         ema_decay=float(cfg.model.ema_decay) if cfg.model.get("ema") else None,
         freeze_epochs=int(cfg.model.get("freeze_epochs") or 0),
     )
     monitor = f"val/{data.task.main_metric}"
-    trainer = build_trainer(cfg, fold_dir, monitor, batches_per_epoch=max(1, len(train_set) // int(cfg.data.batch_size)))
+    trainer = build_trainer(
+        cfg, fold_dir, monitor, batches_per_epoch=max(1, len(train_set) // int(cfg.data.batch_size))
+    )
     fit_module = torch.compile(module) if cfg.trainer.get("compile") else module  # Lightning unwraps it for checkpoints
     last = fold_dir / "last.ckpt"
     t0 = time.time()
@@ -135,7 +148,9 @@ def _preflight(cfg: DictConfig, data: CVData, run_dir: Path, folds: list[int]) -
     """Before the first fold: the disk check, then report/lr_schedule.png and report/augmentations.png
     (look at both before spending hours), drawn in a background thread so that training starts at
     once; the returned thread is joined before the report."""
-    model, data_config = create_classifier(cfg.model, data.task.num_outputs, image_size=cfg.data.get("image_size"), pretrained=False)
+    model, data_config = create_classifier(
+        cfg.model, data.task.num_outputs, image_size=cfg.data.get("image_size"), pretrained=False
+    )
     check_disk_space(model, run_dir, len(folds))
     report = run_dir / "report"
     if (report / "augmentations.png").is_file():
@@ -144,7 +159,9 @@ def _preflight(cfg: DictConfig, data: CVData, run_dir: Path, folds: list[int]) -
     steps = max(1, n_train // int(cfg.data.batch_size) // int(cfg.trainer.get("accumulate_grad_batches") or 1))
     # built here, not in the thread: it may build the image cache, which fold 0 then reuses
     dataset = data.dataset(cfg, data_config, np.ones(len(data.ids), dtype=bool), train=True)
-    thread = threading.Thread(target=_draw_preflight, args=(cfg, steps, dataset, data.task.classes, report), daemon=True)
+    thread = threading.Thread(
+        target=_draw_preflight, args=(cfg, steps, dataset, data.task.classes, report), daemon=True
+    )
     thread.start()
     return thread
 

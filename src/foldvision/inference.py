@@ -3,8 +3,8 @@ several models fed from one decoded batch."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -65,7 +65,11 @@ def predict_batches(
     for batch in batches:
         if isinstance(batch, (tuple, list)):
             batch = batch[0]
-        inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()} if isinstance(batch, dict) else batch.to(device, non_blocking=True)
+        inputs = (
+            {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            if isinstance(batch, dict)
+            else batch.to(device, non_blocking=True)
+        )
         for i, model in enumerate(models):
             x = inputs[input_key(i)] if isinstance(inputs, dict) else inputs
             if channels_last:

@@ -7,9 +7,10 @@ import json
 import os
 import signal
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -133,5 +134,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
                 "re-save the state_dict alone (torch.save(model.state_dict(), path)) from a source you trust."
             ) from None
         if isinstance(e, (RuntimeError, EOFError)):
-            raise FoldvisionError(f"cannot read checkpoint {path}: {e}. The file is damaged; delete it to retrain from the last good one.") from None
+            raise FoldvisionError(
+                f"cannot read checkpoint {path}: {e}. The file is damaged; delete it to retrain from the last good one."
+            ) from None
         raise

@@ -14,7 +14,15 @@ from foldvision.runs import fold_results, print_summary, summarize
 from foldvision.tasks import create_task
 
 # keys that may differ between the jobs of one fold-parallel CV
-FOLD_KEYS = ("cv.fold", "cv.folds", "resume", "paths.output_dir", "trainer.enable_progress_bar", "callbacks.progress_bar", "data.num_workers")
+FOLD_KEYS = (
+    "cv.fold",
+    "cv.folds",
+    "resume",
+    "paths.output_dir",
+    "trainer.enable_progress_bar",
+    "callbacks.progress_bar",
+    "data.num_workers",
+)
 
 
 def merge_runs(runs: list[Path], out: Path) -> dict:
@@ -25,7 +33,9 @@ def merge_runs(runs: list[Path], out: Path) -> dict:
     for r in runs[1:]:
         diffs = config_differences(base, load_run_config(r), ignore=FOLD_KEYS)
         if diffs:
-            raise FoldvisionError(f"cannot merge {r} with {runs[0]}: their configs differ in more than the fold:\n  " + "\n  ".join(diffs))
+            raise FoldvisionError(
+                f"cannot merge {r} with {runs[0]}: their configs differ in more than the fold:\n  " + "\n  ".join(diffs)
+            )
     seen: dict[int, Path] = {}
     for r in runs:
         for k in fold_results(r):

@@ -26,6 +26,7 @@ from foldvision.tasks import Task
 
 log = logging.getLogger("foldvision")
 
+
 def box_columns(data_cfg: DictConfig) -> list[str] | None:
     """The pseudo table's crop-box columns for a run's data config (None: the run does not crop)."""
     bbox = data_cfg.get("bbox") or {}

@@ -79,7 +79,9 @@ class Task:
         """Validation metrics; synced across DDP ranks unless sync=False."""
         raise NotImplementedError
 
-    def score(self, probs: np.ndarray, targets: np.ndarray, threshold: float | np.ndarray | None = None) -> dict[str, float]:
+    def score(
+        self, probs: np.ndarray, targets: np.ndarray, threshold: float | np.ndarray | None = None
+    ) -> dict[str, float]:
         """All metrics of this task on numpy probabilities (OOF, ensembles)."""
         raise NotImplementedError
 
@@ -197,10 +199,14 @@ class MulticlassTask(Task):
             w = len(train_targets) / (self.num_outputs * np.maximum(counts, 1))
             return torch.tensor(w, dtype=torch.float32)
         if isinstance(cw, str):
-            raise FoldvisionError(f"task.class_weights={cw!r}: use null, balanced, or a list of {self.num_outputs} numbers.")
+            raise FoldvisionError(
+                f"task.class_weights={cw!r}: use null, balanced, or a list of {self.num_outputs} numbers."
+            )
         w = torch.tensor(list(cw), dtype=torch.float32)
         if w.numel() != self.num_outputs:
-            raise FoldvisionError(f"task.class_weights has {w.numel()} values for {self.num_outputs} classes {self.classes[:10]}.")
+            raise FoldvisionError(
+                f"task.class_weights has {w.numel()} values for {self.num_outputs} classes {self.classes[:10]}."
+            )
         return w
 
     def soft_loss(self, logits, soft_targets, loss_fn):
@@ -222,14 +228,19 @@ class MulticlassTask(Task):
         from torchmetrics import Accuracy, F1Score, MetricCollection
 
         n, kw = self.num_outputs, {"sync_on_compute": sync}
-        m = {"accuracy": Accuracy(task="multiclass", num_classes=n, **kw), "f1_macro": F1Score(task="multiclass", num_classes=n, average="macro", **kw)}
+        m = {
+            "accuracy": Accuracy(task="multiclass", num_classes=n, **kw),
+            "f1_macro": F1Score(task="multiclass", num_classes=n, average="macro", **kw),
+        }
         if n > 5:
             m["top5_accuracy"] = Accuracy(task="multiclass", num_classes=n, top_k=5, **kw)
         return MetricCollection(m)
 
     def score(self, probs, targets, threshold=None):
         metrics = self.metrics(sync=False)
-        metrics.update(torch.from_numpy(np.asarray(probs, dtype=np.float32)), torch.from_numpy(np.asarray(targets, dtype=np.int64)))
+        metrics.update(
+            torch.from_numpy(np.asarray(probs, dtype=np.float32)), torch.from_numpy(np.asarray(targets, dtype=np.int64))
+        )
         return {k: float(v) for k, v in metrics.compute().items()}
 
     def decode(self, probs: np.ndarray, threshold=None) -> np.ndarray:
@@ -363,7 +374,9 @@ class MultilabelTask(Task):
         f1 = f1_per_label(pred, targets)
         from torchmetrics.functional.classification import multilabel_average_precision
 
-        ap = multilabel_average_precision(torch.from_numpy(probs), torch.from_numpy(targets), num_labels=self.num_outputs, average="macro")
+        ap = multilabel_average_precision(
+            torch.from_numpy(probs), torch.from_numpy(targets), num_labels=self.num_outputs, average="macro"
+        )
         return {
             "label_accuracy": float((pred == targets).mean(0).mean()),
             "exact_match": float((pred == targets).all(1).mean()),
@@ -414,7 +427,9 @@ class MultilabelTask(Task):
     def labels_from_table(self, df, label_col, source):
         missing = [c for c in self.classes if c not in df.columns]
         if missing:
-            raise FoldvisionError(f"{source}: no 0/1 column for label(s) {missing[:8]}; one column per label is needed.")
+            raise FoldvisionError(
+                f"{source}: no 0/1 column for label(s) {missing[:8]}; one column per label is needed."
+            )
         return df[self.classes].astype(np.float32)
 
     def sample_format(self, value_cols, fmt):

@@ -42,7 +42,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         with atomic_open(path, "wb") as f:  # temp file, fsync, rename: as every file foldvision writes
             torch.save(checkpoint, f)
 
-    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         if not get_filesystem(path).exists(path):
             raise FileNotFoundError(f"checkpoint {path} not found")
         return load_checkpoint(path, map_location or "cpu")
@@ -121,7 +123,9 @@ class EpochLog(pl.Callback):
             return
         m = trainer.callback_metrics
         parts = [f"{k}={float(v):.4f}" for k, v in sorted(m.items()) if k.startswith(("val/", "train/loss_epoch"))]
-        logging.getLogger("foldvision").info("epoch %d/%d: %s", trainer.current_epoch, trainer.max_epochs - 1, " ".join(parts))
+        logging.getLogger("foldvision").info(
+            "epoch %d/%d: %s", trainer.current_epoch, trainer.max_epochs - 1, " ".join(parts)
+        )
 
 
 def _progress_bar(kind: str) -> list[pl.Callback]:
@@ -139,7 +143,9 @@ def check_accelerator(trainer_cfg: DictConfig) -> None:
     acc = str(trainer_cfg.get("accelerator", "cpu"))
     if acc in ("gpu", "cuda"):
         if not torch.cuda.is_available():
-            raise FoldvisionError("trainer.accelerator=gpu but no CUDA GPU is visible. Use trainer=cpu (or trainer.accelerator=auto).")
+            raise FoldvisionError(
+                "trainer.accelerator=gpu but no CUDA GPU is visible. Use trainer=cpu (or trainer.accelerator=auto)."
+            )
         devices = trainer_cfg.get("devices", 1)
         if isinstance(devices, int) and devices > torch.cuda.device_count():
             raise FoldvisionError(f"trainer.devices={devices} but only {torch.cuda.device_count()} GPU(s) are visible.")
@@ -154,7 +160,9 @@ def check_accelerator(trainer_cfg: DictConfig) -> None:
         # Lightning's XLAPrecision takes these only; say so before the data is read, not at Trainer()
         precision = str(trainer_cfg.get("precision", "32-true"))
         if precision not in (*XLA_PRECISIONS, "32"):  # "32": Lightning's alias of 32-true
-            raise FoldvisionError(f"trainer.precision={precision} is not supported on TPU (XLA): use one of {', '.join(XLA_PRECISIONS)}.")
+            raise FoldvisionError(
+                f"trainer.precision={precision} is not supported on TPU (XLA): use one of {', '.join(XLA_PRECISIONS)}."
+            )
 
 
 def uses_xla(accelerator: str) -> bool:
@@ -210,7 +218,9 @@ def config_callbacks(cb_cfg: DictConfig) -> list[pl.Callback]:
     return out
 
 
-def build_trainer(cfg: DictConfig, fold_dir: Path, monitor: str, mode: str = "max", batches_per_epoch: int | None = None) -> pl.Trainer:
+def build_trainer(
+    cfg: DictConfig, fold_dir: Path, monitor: str, mode: str = "max", batches_per_epoch: int | None = None
+) -> pl.Trainer:
     """A Trainer writing best.ckpt (by `monitor`), last.ckpt and metrics.csv into `fold_dir`.
 
     `batches_per_epoch` caps trainer.log_every_n_steps so that small datasets still log their
@@ -228,8 +238,14 @@ def build_trainer(cfg: DictConfig, fold_dir: Path, monitor: str, mode: str = "ma
     cb_cfg = cfg.callbacks
     callbacks: list[pl.Callback] = [
         EpochCheckpoint(  # last.ckpt once per epoch, best.ckpt a link to it (checkpointing.py)
-            dirpath=fold_dir, filename="best", monitor=monitor, mode=mode,
-            save_last=bool(cb_cfg.checkpoint.save_last), save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False,
+            dirpath=fold_dir,
+            filename="best",
+            monitor=monitor,
+            mode=mode,
+            save_last=bool(cb_cfg.checkpoint.save_last),
+            save_top_k=1,
+            enable_version_counter=False,
+            auto_insert_metric_name=False,
         ),
         EpochSeed(int(cfg.seed)),
         RestoreLoaderState(),
@@ -238,7 +254,13 @@ def build_trainer(cfg: DictConfig, fold_dir: Path, monitor: str, mode: str = "ma
     es = cb_cfg.early_stopping
     if es.enabled:
         es_monitor = es.monitor or monitor
-        callbacks.append(EarlyStopping(monitor=es_monitor, patience=int(es.patience), mode=es.mode or ("min" if "loss" in es_monitor else "max")))
+        callbacks.append(
+            EarlyStopping(
+                monitor=es_monitor,
+                patience=int(es.patience),
+                mode=es.mode or ("min" if "loss" in es_monitor else "max"),
+            )
+        )
     callbacks += config_callbacks(cb_cfg)
     minutes = cfg.trainer.get("checkpoint_every_minutes")
     if minutes is not None:  # last.ckpt inside epochs too (session limits); resumes mid-epoch exactly
@@ -285,7 +307,9 @@ def _ddp_strategy_for_freeze(tcfg: dict[str, Any], freeze_epochs: int) -> None:
         tcfg["strategy"] = f"{strategy}_find_unused_parameters_true"
         logging.getLogger("foldvision").info(
             "trainer.strategy=%s: model.freeze_epochs=%d leaves the backbone without gradients, so DDP must "
-            "find unused parameters", tcfg["strategy"], freeze_epochs,
+            "find unused parameters",
+            tcfg["strategy"],
+            freeze_epochs,
         )
 
 
@@ -294,7 +318,11 @@ def resolve_precision(precision: Any) -> Any:
     Emulated bf16 (T4, P100: torch's is_bf16_supported() says yes by default) is slow: fp16 there."""
     if str(precision) != "auto-mixed":
         return precision
-    chosen = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
+    chosen = (
+        "bf16-mixed"
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+        else "16-mixed"
+    )
     logging.getLogger("foldvision").info("trainer.precision=auto-mixed: %s", chosen)
     return chosen
 

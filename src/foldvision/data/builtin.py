@@ -43,7 +43,9 @@ def _upscale(img8: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img8).resize((size, size), Image.BILINEAR))
 
 
-def _letters_canvas(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, pool: np.ndarray) -> tuple[np.ndarray, set[int]]:
+def _letters_canvas(
+    rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, pool: np.ndarray
+) -> tuple[np.ndarray, set[int]]:
     """One 32x32 canvas: 1-4 of the 4 cells hold a 14 px digit, each jittered inside its cell."""
     canvas = np.zeros((32, 32), dtype=np.uint8)
     n = int(rng.integers(1, 5))
@@ -58,7 +60,9 @@ def _letters_canvas(rng: np.random.Generator, images: np.ndarray, labels: np.nda
     return 255 - canvas, present  # dark ink on white paper, like a scan
 
 
-def _write_letters(out: Path, images: np.ndarray, labels: np.ndarray, train_pool: np.ndarray, test_pool: np.ndarray) -> None:
+def _write_letters(
+    out: Path, images: np.ndarray, labels: np.ndarray, train_pool: np.ndarray, test_pool: np.ndarray
+) -> None:
     rng = np.random.default_rng(SEED)
     cols = [str(d) for d in range(10)]
     for split, n, pool in (("train", N_TRAIN["letters"], train_pool), ("test", N_TEST["letters"], test_pool)):
@@ -79,7 +83,9 @@ def _write_letters(out: Path, images: np.ndarray, labels: np.ndarray, train_pool
             sub.to_csv(out / "sample_submission.csv", index=False)
 
 
-def _write_digits(out: Path, images: np.ndarray, labels: np.ndarray, train_pool: np.ndarray, test_pool: np.ndarray) -> None:
+def _write_digits(
+    out: Path, images: np.ndarray, labels: np.ndarray, train_pool: np.ndarray, test_pool: np.ndarray
+) -> None:
     for k in train_pool:
         d = out / "train" / str(labels[k])
         d.mkdir(parents=True, exist_ok=True)
@@ -87,7 +93,9 @@ def _write_digits(out: Path, images: np.ndarray, labels: np.ndarray, train_pool:
     (out / "test").mkdir()
     for k in test_pool:
         Image.fromarray(255 - _upscale(images[k], 32)).save(out / "test" / f"{k:04d}.png")
-    pd.DataFrame({"id": [f"{k:04d}" for k in test_pool], "label": labels[test_pool]}).to_csv(out / "test_answers.csv", index=False)
+    pd.DataFrame({"id": [f"{k:04d}" for k in test_pool], "label": labels[test_pool]}).to_csv(
+        out / "test_answers.csv", index=False
+    )
 
 
 def ensure_builtin(kind: str, root: Path) -> Path:

@@ -33,10 +33,14 @@ log = logging.getLogger("foldvision")
 CACHE_VERSION = 2
 
 
-def cache_key(paths: Sequence[str], image_size: Sequence[int], channels: int, boxes: np.ndarray | None = None, margin: float = 0.0) -> str:
+def cache_key(
+    paths: Sequence[str], image_size: Sequence[int], channels: int, boxes: np.ndarray | None = None, margin: float = 0.0
+) -> str:
     """Fingerprint of everything that decides the cached pixels: the files (path, size, mtime),
     the size and channels, the crop boxes and their margin, and the preprocessing version."""
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{list(image_size)}|{channels}|{margin if boxes is not None else 0.0}\n".encode())
+    h = hashlib.sha256(
+        f"v{CACHE_VERSION}|{list(image_size)}|{channels}|{margin if boxes is not None else 0.0}\n".encode()
+    )
     for p in paths:
         st = os.stat(p)
         h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
@@ -46,8 +50,13 @@ def cache_key(paths: Sequence[str], image_size: Sequence[int], channels: int, bo
 
 
 def build_cache(
-    paths: Sequence[str], image_size: Sequence[int], channels: int, cache_dir: str | os.PathLike,
-    workers: int = 4, boxes: np.ndarray | None = None, margin: float = 0.0,
+    paths: Sequence[str],
+    image_size: Sequence[int],
+    channels: int,
+    cache_dir: str | os.PathLike,
+    workers: int = 4,
+    boxes: np.ndarray | None = None,
+    margin: float = 0.0,
 ) -> Path:
     """The cache file for these images (built now unless it exists): shape (N, H, W, C) uint8."""
     cache_dir = Path(cache_dir)
@@ -115,8 +124,13 @@ def _writable(cache_dir: Path) -> bool:
 
 
 def decide_cache(
-    n_images: int, image_size: Sequence[int], channels: int, cache_dir: str | os.PathLike, budget: float,
-    memory: int | None = None, disk: int | None = None,
+    n_images: int,
+    image_size: Sequence[int],
+    channels: int,
+    cache_dir: str | os.PathLike,
+    budget: float,
+    memory: int | None = None,
+    disk: int | None = None,
 ) -> tuple[bool, str]:
     """data.cache=auto: whether to cache, and why. Cache when the decoded set (N x H x W x C bytes)
     takes at most `budget` of the available RAM (the memory-mapped file then stays in the page
@@ -140,8 +154,12 @@ def decide_cache(
 
 
 def cache_file_for(
-    data_cfg: Any, paths: Sequence[str], image_size: Sequence[int], channels: int,
-    boxes: np.ndarray | None = None, margin: float = 0.0,
+    data_cfg: Any,
+    paths: Sequence[str],
+    image_size: Sequence[int],
+    channels: int,
+    boxes: np.ndarray | None = None,
+    margin: float = 0.0,
 ) -> Path | None:
     """The image cache to train from per `data.cache`, built if needed, or None to decode every epoch.
 

@@ -98,7 +98,14 @@ class EpochSampler(Sampler):
     MODES = ("random", "weighted", "undersample")
 
     def __init__(
-        self, n: int, seed: int, epoch: int = 0, mode: str = "random", classes: np.ndarray | None = None, rank: int = 0, world_size: int = 1
+        self,
+        n: int,
+        seed: int,
+        epoch: int = 0,
+        mode: str = "random",
+        classes: np.ndarray | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if mode not in self.MODES:
             raise FoldvisionError(f"data.sampler={mode!r} is not one of {self.MODES}.")
@@ -177,7 +184,15 @@ def make_loader(
 class FoldDataModule(pl.LightningDataModule):
     """Train and validation loaders of one fold, from the datasets the CV loop built."""
 
-    def __init__(self, train_set: ImageDataset, val_set: ImageDataset, batch_size: int, num_workers: int, seed: int = 0, sampler: str = "random") -> None:
+    def __init__(
+        self,
+        train_set: ImageDataset,
+        val_set: ImageDataset,
+        batch_size: int,
+        num_workers: int,
+        seed: int = 0,
+        sampler: str = "random",
+    ) -> None:
         super().__init__()
         self.train_set, self.val_set = train_set, val_set
         self.batch_size, self.num_workers = batch_size, num_workers

@@ -44,7 +44,12 @@ def target_strings(targets: np.ndarray, classes: list[str]) -> list[str]:
 
 
 def make_folds(
-    targets: np.ndarray, strategy: str, n_folds: int, seed: int, groups: np.ndarray | None = None, classes: list[str] | None = None
+    targets: np.ndarray,
+    strategy: str,
+    n_folds: int,
+    seed: int,
+    groups: np.ndarray | None = None,
+    classes: list[str] | None = None,
 ) -> np.ndarray:
     """Fold index (0..n_folds-1) for every row, by the named strategy."""
     from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
@@ -55,7 +60,9 @@ def make_folds(
     if n_folds > n:
         raise FoldvisionError(f"cv.n_folds={n_folds} is more than the {n} training images.")
     if strategy in ("group", "stratified_group") and groups is None:
-        raise FoldvisionError(f"cv.strategy={strategy} needs a group column: set data.group_col=<column of the train CSV>.")
+        raise FoldvisionError(
+            f"cv.strategy={strategy} needs a group column: set data.group_col=<column of the train CSV>."
+        )
     if strategy in ("stratified", "stratified_group"):
         if targets.ndim != 1:
             raise FoldvisionError(f"cv.strategy={strategy} is for multiclass targets; use multilabel_stratified.")
@@ -130,7 +137,9 @@ def _same_value(a: str, b: str) -> bool:
         return False
 
 
-def _describe_change(path: Path, saved: pd.DataFrame, ids: list[str], targets: list[str], groups: np.ndarray | None = None) -> str | None:
+def _describe_change(
+    path: Path, saved: pd.DataFrame, ids: list[str], targets: list[str], groups: np.ndarray | None = None
+) -> str | None:
     now = dict(zip(ids, targets))
     before = dict(zip(saved["id"].astype(str), saved["target"].fillna("").astype(str)))
     added = [i for i in now if i not in before]
@@ -142,7 +151,9 @@ def _describe_change(path: Path, saved: pd.DataFrame, ids: list[str], targets: l
             regrouped = list(ids)
         else:
             group_before = dict(zip(saved["id"].astype(str), saved["group"].astype(str)))
-            regrouped = [i for i, g in zip(ids, groups) if i in group_before and not _same_value(group_before[i], str(g))]
+            regrouped = [
+                i for i, g in zip(ids, groups) if i in group_before and not _same_value(group_before[i], str(g))
+            ]
     if not (added or removed or changed or regrouped):
         return None
     parts = []
@@ -184,11 +195,17 @@ def load_or_make_folds(
             try:
                 saved = pd.read_csv(path, dtype={"id": str, "target": str, "group": str}, keep_default_na=False)
             except Exception as e:
-                raise FoldvisionError(f"cannot read fold file {path}: {e}. Delete it or set cv.regenerate=true.") from None
+                raise FoldvisionError(
+                    f"cannot read fold file {path}: {e}. Delete it or set cv.regenerate=true."
+                ) from None
             if not {"id", "fold", "target"} <= set(saved.columns):
-                raise FoldvisionError(f"fold file {path} lacks id/fold/target columns. Delete it or set cv.regenerate=true.")
+                raise FoldvisionError(
+                    f"fold file {path} lacks id/fold/target columns. Delete it or set cv.regenerate=true."
+                )
             # groups only bind the group strategies; other strategies ignore data.group_col
-            problem = _describe_change(path, saved, ids, tstr, groups if strategy in ("group", "stratified_group") else None)
+            problem = _describe_change(
+                path, saved, ids, tstr, groups if strategy in ("group", "stratified_group") else None
+            )
             if problem:
                 raise FoldvisionError(problem)
             fold_of = dict(zip(saved["id"], saved["fold"].astype(int)))

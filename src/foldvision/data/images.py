@@ -75,7 +75,9 @@ def _decode_jpeg(data: bytes, img: Image.Image, channels: int, min_size: Sequenc
         return None
     side = max(int(s) for s in min_size) if min_size is not None else 0  # both sides: rotation-proof
     try:
-        arr = simplejpeg.decode_jpeg(data, colorspace="GRAY" if channels == 1 else "RGB", min_height=side, min_width=side, strict=True)
+        arr = simplejpeg.decode_jpeg(
+            data, colorspace="GRAY" if channels == 1 else "RGB", min_height=side, min_width=side, strict=True
+        )
     except ValueError:
         return None
     orientation = img.getexif().get(0x0112, 1)

@@ -97,7 +97,9 @@ class ImageIndex:
 
     def __init__(self, directory: Path) -> None:
         if not directory.is_dir():
-            raise FoldvisionError(f"image directory not found: {directory}. Check data.image_dir / data.test_image_dir.")
+            raise FoldvisionError(
+                f"image directory not found: {directory}. Check data.image_dir / data.test_image_dir."
+            )
         self.directory = directory
         self.by_name: dict[str, str] = {}
         self.by_stem: dict[str, str] = {}
@@ -126,7 +128,9 @@ class ImageIndex:
         return None
 
 
-def _resolve_paths(ids: pd.Series, directory: Path, csv_path: Path, skip_bad: bool, test: bool = False) -> tuple[pd.Series, list[str]]:
+def _resolve_paths(
+    ids: pd.Series, directory: Path, csv_path: Path, skip_bad: bool, test: bool = False
+) -> tuple[pd.Series, list[str]]:
     index = ImageIndex(directory)
     paths = [index.resolve(i) for i in ids]
     missing = [i for i, p in zip(ids, paths) if p is None]
@@ -134,7 +138,8 @@ def _resolve_paths(ids: pd.Series, directory: Path, csv_path: Path, skip_bad: bo
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         fix = (
             "Fix the ids, or point data.test_image_dir (predict.py: test_image_dir=) at the test images."
-            if test else "Fix the ids or data.image_dir, or set data.skip_bad=true to skip them."
+            if test
+            else "Fix the ids or data.image_dir, or set data.skip_bad=true to skip them."
         )
         raise FoldvisionError(f"{len(missing)} id(s) in {csv_path} have no image in {directory}: {shown}. {fix}")
     return pd.Series([str(p) if p else None for p in paths], index=ids.index), missing
@@ -155,7 +160,9 @@ def _test_table(cfg: DictConfig, root: Path, id_dir: Path, list_dir: Path | None
     ids_csv = cfg.get("test_csv") or cfg.get("sample_submission")
     if ids_csv:
         path = _resolve_dir(root, ids_csv)
-        df = _read_csv(path, "data.test_csv" if cfg.get("test_csv") else "data.sample_submission", dtype=str, keep_default_na=False)
+        df = _read_csv(
+            path, "data.test_csv" if cfg.get("test_csv") else "data.sample_submission", dtype=str, keep_default_na=False
+        )
         id_col = cfg.get("id_col") if cfg.get("id_col") in df.columns else df.columns[0]
         ids = df[id_col].astype(str)
         _check_unique(ids, path)
@@ -169,7 +176,9 @@ def _test_table(cfg: DictConfig, root: Path, id_dir: Path, list_dir: Path | None
     if listing is not None and listing.is_dir():
         files = sorted(e.name for e in os.scandir(listing) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
         if files:
-            return pd.DataFrame({"id": [os.path.splitext(f)[0] for f in files], "path": [str(listing / f) for f in files]})
+            return pd.DataFrame(
+                {"id": [os.path.splitext(f)[0] for f in files], "path": [str(listing / f) for f in files]}
+            )
     return None
 
 
@@ -264,7 +273,9 @@ def read_table(cfg: DictConfig) -> DataTable:
 
 
 def _train_image_dir(cfg: DictConfig, root: Path) -> Path:
-    return root / (cfg.get("train_dir") or "train") if cfg.source == "folder" else _resolve_dir(root, cfg.get("image_dir"))
+    return (
+        root / (cfg.get("train_dir") or "train") if cfg.source == "folder" else _resolve_dir(root, cfg.get("image_dir"))
+    )
 
 
 def _attach_voc_boxes(cfg: DictConfig, root: Path, df: pd.DataFrame | None, image_root: Path) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import timm
@@ -94,7 +95,9 @@ def create_backbone(cfg: DictConfig, num_classes: int, pretrained: bool | None =
     """
     if not timm.is_model(cfg.name):
         close = timm.list_models(f"*{cfg.name.split('_')[0]}*")[:8]
-        raise FoldvisionError(f"model.name={cfg.name!r} is not a timm model. Similar names: {close}. See timm.list_models().")
+        raise FoldvisionError(
+            f"model.name={cfg.name!r} is not a timm model. Similar names: {close}. See timm.list_models()."
+        )
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": int(cfg.get("in_chans", 3))}
     if cfg.get("drop_rate"):
         kwargs["drop_rate"] = float(cfg.drop_rate)
@@ -130,7 +133,10 @@ def create_backbone(cfg: DictConfig, num_classes: int, pretrained: bool | None =
     tag = backbone.pretrained_cfg.get("hf_hub_id") or backbone.pretrained_cfg.get("tag") or cfg.name
     log.info(
         "weights: all backbone tensors from the timm hub (%s), head: %s (%d outputs)%s",
-        tag, "loaded" if head_loaded else "new", num_classes, "" if head_loaded else f", head_init={head_init}",
+        tag,
+        "loaded" if head_loaded else "new",
+        num_classes,
+        "" if head_loaded else f", head_init={head_init}",
     )
     return backbone
 
@@ -180,7 +186,13 @@ def resolve_data_config(cfg: DictConfig, backbone: nn.Module, image_size: Any = 
     return {"image_size": size, "mean": [float(m) for m in mean], "std": [float(s) for s in std], "in_chans": in_chans}
 
 
-def create_classifier(model_cfg: DictConfig, num_classes: int, data_config: dict[str, Any] | None = None, image_size: Any = None, pretrained: bool | None = None) -> tuple[Classifier, dict[str, Any]]:
+def create_classifier(
+    model_cfg: DictConfig,
+    num_classes: int,
+    data_config: dict[str, Any] | None = None,
+    image_size: Any = None,
+    pretrained: bool | None = None,
+) -> tuple[Classifier, dict[str, Any]]:
     """Backbone + normalisation. Returns the model and its resolved data config."""
     backbone = create_backbone(model_cfg, num_classes, pretrained=pretrained)
     data_config = data_config or resolve_data_config(model_cfg, backbone, image_size)

@@ -34,7 +34,7 @@ def create_mixer(
     return Mixup(
         mixup_alpha=alpha if mixup > 0 else 0.0,
         cutmix_alpha=alpha if cutmix > 0 else 0.0,
-        prob=min(1.0, mixup + cutmix),        # a batch is mixed with this chance ...
+        prob=min(1.0, mixup + cutmix),  # a batch is mixed with this chance ...
         switch_prob=cutmix / (mixup + cutmix),  # ... by CutMix with this share, else MixUp
         mode="batch",
         label_smoothing=label_smoothing,

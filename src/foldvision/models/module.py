@@ -3,7 +3,8 @@ CutMix/MixUp, EMA of weights and a frozen backbone for the first epochs."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -127,7 +128,14 @@ class ClassifierModule(pl.LightningModule):
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         logits = model(images).float()
-        self.log("val/loss", self.loss_fn(logits, targets), on_epoch=True, prog_bar=True, batch_size=len(images), sync_dist=True)
+        self.log(
+            "val/loss",
+            self.loss_fn(logits, targets),
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(images),
+            sync_dist=True,
+        )
         self.val_metrics.update(self.task.activation(logits), targets.long())
 
     def on_validation_epoch_end(self) -> None:
@@ -141,7 +149,9 @@ class ClassifierModule(pl.LightningModule):
         # get no gradient and so no update
         optimizer = create_optimizer(self.optimizer_cfg, None, model=self.model)
         steps = max(1, int(self.trainer.estimated_stepping_batches) // max(1, self.trainer.max_epochs or 1))
-        sched = create_scheduler(self.scheduler_cfg, optimizer, steps, int(self.trainer.max_epochs or 1), self.trainer.world_size)
+        sched = create_scheduler(
+            self.scheduler_cfg, optimizer, steps, int(self.trainer.max_epochs or 1), self.trainer.world_size
+        )
         if sched is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": sched}

@@ -30,14 +30,18 @@ def create_optimizer(cfg: DictConfig, params, model: nn.Module | None = None) ->
     if model is None:
         return partial(params)
     groups = param_groups(
-        model, float(cfg.lr), float(cfg.get("weight_decay") or 0.0),
-        float(cfg.get("backbone_lr_factor", 1.0)), bool(cfg.get("no_decay_norm_bias", False)),
+        model,
+        float(cfg.lr),
+        float(cfg.get("weight_decay") or 0.0),
+        float(cfg.get("backbone_lr_factor", 1.0)),
+        bool(cfg.get("no_decay_norm_bias", False)),
     )
     return partial(groups)
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_factor: float = 1.0,
-                 no_decay_norm_bias: bool = True) -> list[dict[str, Any]]:
+def param_groups(
+    model: nn.Module, lr: float, weight_decay: float, backbone_lr_factor: float = 1.0, no_decay_norm_bias: bool = True
+) -> list[dict[str, Any]]:
     """Head groups first (create_scheduler reads the head LR from the optimizer's defaults), then the
     backbone at lr x backbone_lr_factor; each split by timm's rule (1-d tensors and biases, plus the
     model's `no_weight_decay()` names, get no weight decay). Empty groups are left out."""
@@ -58,7 +62,9 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_f
     return groups
 
 
-def create_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, max_epochs: int, devices: int = 1) -> dict[str, Any] | None:
+def create_scheduler(
+    cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, max_epochs: int, devices: int = 1
+) -> dict[str, Any] | None:
     """A Lightning lr_scheduler config dict for `scheduler.name`, or None."""
     name = cfg.get("name", "none")
     # the head's LR; LambdaLR scales every group's own initial LR by the same factor, so the
@@ -79,11 +85,18 @@ def create_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_pe
 
         return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, cosine), "interval": "step"}
     if name == "step":
-        return {"scheduler": torch.optim.lr_scheduler.StepLR(optimizer, int(cfg.step_size), float(cfg.gamma)), "interval": "epoch"}
+        return {
+            "scheduler": torch.optim.lr_scheduler.StepLR(optimizer, int(cfg.step_size), float(cfg.gamma)),
+            "interval": "epoch",
+        }
     if name == "plateau":
         monitor = cfg.get("monitor", "val/loss")
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min" if "loss" in monitor else "max", factor=float(cfg.factor), patience=int(cfg.patience), min_lr=float(cfg.min_lr)
+            optimizer,
+            mode="min" if "loss" in monitor else "max",
+            factor=float(cfg.factor),
+            patience=int(cfg.patience),
+            min_lr=float(cfg.min_lr),
         )
         return {"scheduler": sched, "interval": "epoch", "monitor": monitor}
     if name == "warmup_exp":

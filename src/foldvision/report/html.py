@@ -48,23 +48,42 @@ def build_run_report(run_dir: str | Path) -> Path:
     report = run_dir / "report"
     results = fold_results(run_dir)
     oof = read_run_oof(run_dir)
-    figs: list[tuple[Path | None, str]] = [(plots.plot_fold_curves(run_dir, task.main_metric, report / "curves.png"), "Training curves per fold")]
+    figs: list[tuple[Path | None, str]] = [
+        (plots.plot_fold_curves(run_dir, task.main_metric, report / "curves.png"), "Training curves per fold")
+    ]
     if oof is not None and classes:
-        figs.append((plots.plot_class_distribution(oof, task, report / "class_distribution.png"), "Class distribution per fold"))
+        figs.append(
+            (plots.plot_class_distribution(oof, task, report / "class_distribution.png"), "Class distribution per fold")
+        )
         figs.append(plots.plot_oof_diagnostic(oof, task, report))
         channels = int(cfg.model.get("in_chans", 3))
-        figs.append((plots.plot_worst_mistakes(oof, task, report / "worst_mistakes.png", channels), "Worst OOF mistakes"))
-    figs += [(report / "lr_schedule.png", "Learning-rate schedule"), (report / "augmentations.png", "Augmented training samples")]
+        figs.append(
+            (plots.plot_worst_mistakes(oof, task, report / "worst_mistakes.png", channels), "Worst OOF mistakes")
+        )
+    figs += [
+        (report / "lr_schedule.png", "Learning-rate schedule"),
+        (report / "augmentations.png", "Augmented training samples"),
+    ]
 
     parts = [f"<h1>foldvision run: {html.escape(run_dir.name)}</h1>", f"<p>{html.escape(str(run_dir))}</p>"]
     n_folds = int(cfg.cv.n_folds)
     status = "complete" if len(results) == n_folds else f"partial: {len(results)}/{n_folds} folds finished"
-    parts.append(f'<p class="{"ok" if len(results) == n_folds else "warn"}">{task.name}, main metric <b>{task.main_metric}</b>, {status}</p>')
+    parts.append(
+        f'<p class="{"ok" if len(results) == n_folds else "warn"}">{task.name}, main metric <b>{task.main_metric}</b>, {status}</p>'
+    )
     if results:
-        rows = [{"fold": k, "best epoch": r["best_epoch"], **r["scores"], "train s": r["train_seconds"]} for k, r in sorted(results.items())]
+        rows = [
+            {"fold": k, "best epoch": r["best_epoch"], **r["scores"], "train s": r["train_seconds"]}
+            for k, r in sorted(results.items())
+        ]
         df = pd.DataFrame(rows)
         metrics = list(results[min(results)]["scores"])
-        mean = {"fold": "mean ± std", "best epoch": "", **{m: f"{df[m].mean():.4f} ± {df[m].std(ddof=0):.4f}" for m in metrics}, "train s": df["train s"].sum()}
+        mean = {
+            "fold": "mean ± std",
+            "best epoch": "",
+            **{m: f"{df[m].mean():.4f} ± {df[m].std(ddof=0):.4f}" for m in metrics},
+            "train s": df["train s"].sum(),
+        }
         parts.append("<h2>Folds</h2>" + _table(pd.concat([df, pd.DataFrame([mean])], ignore_index=True)))
         if oof is not None:
             scores = task.score(oof[task.prob_columns()].to_numpy(), task.targets_from_columns(oof))
@@ -72,7 +91,10 @@ def build_run_report(run_dir: str | Path) -> Path:
     parts += [_img(p, c) for p, c in figs]
     if (run_dir / "predictions" / "ensemble.json").is_file():
         ens = read_json(run_dir / "predictions" / "ensemble.json")
-        members = pd.DataFrame([{"member": Path(k).name, **v} for k, v in ens.get("members", {}).items()] + [{"member": "ensemble", **ens.get("ensemble", {})}])
+        members = pd.DataFrame(
+            [{"member": Path(k).name, **v} for k, v in ens.get("members", {}).items()]
+            + [{"member": "ensemble", **ens.get("ensemble", {})}]
+        )
         parts.append("<h2>predict.py: OOF score of the ensemble</h2>" + _table(members))
     parts.append("<h2>Config</h2><pre>" + html.escape(OmegaConf.to_yaml(cfg)) + "</pre>")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>foldvision {html.escape(run_dir.name)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
@@ -92,7 +114,11 @@ def build_sweep_report(sweep_dir: str | Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for i, row in enumerate(df.itertuples()):
-        curves = [m for f in sorted((sweep_dir / str(row.run)).glob("fold_*")) if (m := read_fold_metrics(f)) is not None and f"val/{metric}" in m]
+        curves = [
+            m
+            for f in sorted((sweep_dir / str(row.run)).glob("fold_*"))
+            if (m := read_fold_metrics(f)) is not None and f"val/{metric}" in m
+        ]
         if curves:
             mean = pd.concat([c.set_index("epoch")[f"val/{metric}"] for c in curves], axis=1).mean(axis=1)
             ax.plot(mean.index, mean.values, marker=".", color=f"C{i % 10}", label=f"{row.run}: {row.overrides}"[:60])
@@ -100,8 +126,12 @@ def build_sweep_report(sweep_dir: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     curves_png = _save(fig, sweep_dir / "sweep_curves.png")
-    parts = [f"<h1>foldvision sweep: {html.escape(sweep_dir.name)}</h1>", f"<h2>Members by OOF {html.escape(metric)}</h2>",
-             _table(df.drop(columns=["main_metric"])), _img(curves_png, "Validation curves")]
+    parts = [
+        f"<h1>foldvision sweep: {html.escape(sweep_dir.name)}</h1>",
+        f"<h2>Members by OOF {html.escape(metric)}</h2>",
+        _table(df.drop(columns=["main_metric"])),
+        _img(curves_png, "Validation curves"),
+    ]
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>foldvision sweep</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
     out = sweep_dir / "sweep_report.html"
     write_text(out, page)
@@ -127,5 +157,3 @@ def safe_report(run_dir: Path) -> Path | None:
     except Exception as e:  # noqa: BLE001
         log.warning("could not write the run report: %s", e)
         return None
-
-

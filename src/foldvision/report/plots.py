@@ -31,7 +31,9 @@ def plot_oof_diagnostic(oof: pd.DataFrame, task: Task, report_dir: Path) -> tupl
     return plot(oof, task, report_dir / f"{name}.png"), caption
 
 
-def lr_schedule(scheduler_cfg: DictConfig, lr: float, steps_per_epoch: int, max_epochs: int, devices: int = 1) -> np.ndarray:
+def lr_schedule(
+    scheduler_cfg: DictConfig, lr: float, steps_per_epoch: int, max_epochs: int, devices: int = 1
+) -> np.ndarray:
     """The learning rate at every optimizer step, simulated with the real scheduler."""
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
     sched = create_scheduler(scheduler_cfg, opt, steps_per_epoch, max_epochs, devices)
@@ -54,7 +56,13 @@ def lr_schedule(scheduler_cfg: DictConfig, lr: float, steps_per_epoch: int, max_
 def plot_lr_schedule(cfg: DictConfig, steps_per_epoch: int, path: Path) -> Path:
     plt = _pyplot()
     epochs = int(cfg.trainer.max_epochs)
-    lrs = lr_schedule(cfg.scheduler, float(cfg.optimizer.lr), steps_per_epoch, epochs, int(cfg.trainer.get("devices") or 1) if isinstance(cfg.trainer.get("devices"), int) else 1)
+    lrs = lr_schedule(
+        cfg.scheduler,
+        float(cfg.optimizer.lr),
+        steps_per_epoch,
+        epochs,
+        int(cfg.trainer.get("devices") or 1) if isinstance(cfg.trainer.get("devices"), int) else 1,
+    )
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.plot(np.arange(len(lrs)) / steps_per_epoch, lrs)
     title = f"LR schedule: {cfg.scheduler.name}"
@@ -182,7 +190,15 @@ def plot_confusion(oof: pd.DataFrame, task: Task, path: Path) -> Path:
         if n <= 15:
             for i in range(n):
                 for j in range(n):
-                    ax.text(j, i, f"{cm[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white" if cm[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{cm[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if cm[i, j] > 0.5 else "black",
+                    )
     ax.set(xlabel="predicted", ylabel="true", title="OOF confusion matrix (each row sums to 1)")
     fig.colorbar(im, ax=ax, fraction=0.046)
     return _save(fig, path)
@@ -222,7 +238,9 @@ def plot_worst_mistakes(oof: pd.DataFrame, task: Task, path: Path, channels: int
     plt = _pyplot()
     rows = worst_mistakes(oof, task, n)
     cols = 4
-    fig, axes = plt.subplots(int(np.ceil(len(rows) / cols)), cols, figsize=(2.6 * cols, 2.9 * np.ceil(len(rows) / cols)))
+    fig, axes = plt.subplots(
+        int(np.ceil(len(rows) / cols)), cols, figsize=(2.6 * cols, 2.9 * np.ceil(len(rows) / cols))
+    )
     axes = np.atleast_1d(axes).ravel()
     for ax in axes:
         ax.axis("off")
