@@ -51,7 +51,7 @@ def main(run_dir: str, probe_file: str, overrides: list[str]) -> None:
     import lightning.pytorch as pl
     from hydra import compose, initialize_config_dir
 
-    import foldvision.training as training
+    import foldvision.cv as cv
     from foldvision.cv import run_cv
 
     AcceleratorRegistry.register("tpu", CPUXLAAccelerator, description="test: XLA on PJRT CPU", override=True)
@@ -83,14 +83,14 @@ def main(run_dir: str, probe_file: str, overrides: list[str]) -> None:
         def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
             self._record("val", trainer, pl_module, batch)
 
-    real_build = training.build_trainer
+    real_build = cv.build_trainer
 
     def build_trainer(*args, **kwargs):  # foldvision's own Trainer, plus the probe
         trainer = real_build(*args, **kwargs)
         trainer.callbacks.append(Probe())
         return trainer
 
-    training.build_trainer = build_trainer  # cv.train_fold imports it at call time
+    cv.build_trainer = build_trainer  # the name cv.train_fold calls (imported at cv's top)
 
     logging.basicConfig(
         level=logging.INFO, format="%(name)s: %(message)s", force=True
