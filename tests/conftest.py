@@ -123,8 +123,10 @@ def _isolate_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-# Fields of result.json that measure the machine, not the training: excluded when comparing runs.
-MACHINE_FIELDS = ("train_seconds", "rss_mb", "peak_rss_mb")
+# Fields of result.json that measure the machine or say how the run went, not what it computed:
+# excluded when comparing runs (the OOF rows are the same whether taken from the best epoch's
+# validation or predicted again from best.ckpt, as a resumed fold does).
+MACHINE_FIELDS = ("train_seconds", "rss_mb", "peak_rss_mb", "oof_from")
 
 
 def comparable_results(run_dir: Path) -> tuple[dict, pd.DataFrame]:

@@ -138,3 +138,50 @@ def test_runs_saved_before_a_key_existed_still_resume(folder_data: Path, tmp_pat
     assert config_differences(old, new) == []
     new.trainer.num_nodes = 2
     assert config_differences(old, new) == ["trainer.num_nodes: 1 -> 2"]
+
+
+def test_oof_is_the_best_epochs_validation(folder_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fold's OOF rows are the probabilities the validation that chose best.ckpt computed (no
+    second pass): equal to predicting the rows again from best.ckpt, and not last.ckpt's when the
+    best epoch is an earlier one: here best.ckpt is chosen by the smallest epoch number, the first."""
+    import numpy as np
+
+    import foldvision.cv as cv
+    from foldvision.config import load_run_config
+    from foldvision.data.cv_data import load_cv_data
+    from foldvision.io import load_checkpoint
+    from foldvision.models.backbone import classifier_state, create_classifier
+    from foldvision.oof import predict_oof
+
+    cfg = compose_cfg(
+        "data=folder",
+        f"data.root={folder_data}",
+        "task=multiclass",
+        "cv.n_folds=3",
+        "cv.fold=0",
+        "trainer.max_epochs=3",
+    )
+    build = cv.build_trainer
+    monkeypatch.setattr(
+        cv, "build_trainer", lambda c, fold_dir, monitor, **kw: build(c, fold_dir, "epoch", "min", **kw)
+    )
+    run = tmp_path / "run"
+    run_cv(cfg, run)
+    result = json.loads((run / "fold_0" / "result.json").read_text())
+    assert result["oof_from"] == "validation of the best epoch"
+    assert result["best_epoch"] == 0 and result["epochs_trained"] == 3
+    oof = pd.read_csv(run / "fold_0" / "oof.csv")
+    written = oof[["prob_cat", "prob_dog", "prob_fox"]].to_numpy()
+
+    run_cfg = load_run_config(run)
+    data = load_cv_data(run_cfg, run)
+    model, data_config = create_classifier(run_cfg.model, data.task.num_outputs, image_size=run_cfg.data.image_size)
+    val_set = data.dataset(run_cfg, data_config, data.folds == 0)
+    assert list(oof["path"]) == list(np.array(data.paths, dtype=object)[data.folds == 0])
+
+    def predicted(name: str) -> np.ndarray:
+        model.load_state_dict(classifier_state(load_checkpoint(run / "fold_0" / name)["state_dict"]))
+        return predict_oof(model.eval(), val_set, data.task, 8)
+
+    np.testing.assert_allclose(written, predicted("best.ckpt"), atol=1e-6)
+    assert not np.allclose(written, predicted("last.ckpt"), atol=1e-4), "the test cannot tell best from last"

@@ -17,6 +17,20 @@ before the last rename, the run resumes from the previous last.ckpt and redoes t
 the name, which leaves the linked best.ckpt untouched. Where the file system has no hard links,
 best.ckpt is a copy.
 
+## Written in the background (AtomicCheckpointIO)
+Every checkpoint goes to a temp file, is fsynced and renamed over its name, so a kill while
+saving never leaves a truncated file. By default (`trainer.async_checkpoint=true`) that write runs
+in one background thread while training goes on: the checkpoint's tensors are first copied to CPU
+memory on the training thread (a snapshot: the next optimizer step changes them in place), then
+serialised, fsynced and renamed by the writer. Serialising and fsyncing a resnet18's checkpoint
+with AdamW state (134 MB) takes 0.2-0.4 s, once per epoch per fold; the snapshot about 0.02 s.
+Jobs run in the order they were queued, so EpochCheckpoint queues its link-then-rename after the
+write it depends on and the kill-safe order above is unchanged. At most one checkpoint is in
+flight: the next one waits for it (memory stays bounded at one extra copy), and so does loading a
+checkpoint and the end of fit; a write that failed (a full disk) raises there, naming the file.
+Lightning's own AsyncCheckpointIO is not used: its queue is unbounded, it clones GPU tensors on
+the GPU, and it cannot order a link after a write.
+
 ## Inside an epoch (IntervalCheckpoint)
 Checkpoints inside an epoch (`trainer.checkpoint_every_minutes`) and resuming from them exactly.
 
@@ -39,15 +53,107 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
+from lightning.fabric.plugins.io.xla import XLACheckpointIO  # importable without torch_xla
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader
 
 from foldvision.errors import FoldvisionError
-from foldvision.io import fault_point
+from foldvision.io import atomic_open, fault_point, load_checkpoint
+
+
+def write_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
+    """torch.save to a temp file, fsync, rename over `path`: as every file foldvision writes."""
+    try:
+        with atomic_open(path, "wb") as f:
+            torch.save(checkpoint, f)
+    except OSError as e:
+        raise FoldvisionError(
+            f"could not write checkpoint {path}: {e}. The previous checkpoint is kept; free disk space "
+            "(or set hydra.run.dir to another disk) and run the same command again to resume."
+        ) from e
+
+
+def cpu_snapshot(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `checkpoint` whose tensors are CPU copies, taken now: training may change the
+    originals in place (optimizer steps) while the copy is written."""
+    return apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().to("cpu", copy=True))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written atomically (write_checkpoint), in a background thread when `background`
+    (see the module docstring). Loading uses weights_only=True (no code runs from a file)."""
+
+    def __init__(self, background: bool = False) -> None:
+        super().__init__()
+        self.background = background
+        self._executor: ThreadPoolExecutor | None = None
+        self._jobs: list[Future] = []
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+        self._save(checkpoint, path, fresh=False)
+
+    def _save(self, checkpoint: dict[str, Any], path: str | os.PathLike, fresh: bool) -> None:
+        """`fresh`: the tensors are already copies nothing else holds (no snapshot needed)."""
+        if not self.background:
+            write_checkpoint(checkpoint, path)
+            return
+        self.wait()  # one checkpoint in flight at most
+        self.then(write_checkpoint, checkpoint if fresh else cpu_snapshot(checkpoint), path)
+
+    def then(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run fn(*args) after every write queued so far (at once when writes are synchronous)."""
+        if not self.background:
+            fn(*args)
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="foldvision-checkpoint")
+        self._jobs.append(self._executor.submit(fn, *args))
+
+    def wait(self) -> None:
+        """Block until every queued write is on disk; re-raise the first failed write's error."""
+        jobs, self._jobs = self._jobs, []
+        for job in jobs:
+            job.result()
+
+    def load_checkpoint(
+        self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        self.wait()
+        if not get_filesystem(path).exists(path):
+            raise FileNotFoundError(f"checkpoint {path} not found")
+        return load_checkpoint(path, map_location or "cpu")
+
+    def teardown(self) -> None:
+        """End of fit (Lightning calls it on success and on error): every write finished."""
+        try:
+            self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+
+
+class AtomicXLACheckpointIO(AtomicCheckpointIO, XLACheckpointIO):
+    """AtomicCheckpointIO for XLA (TPU). Lightning's XLA strategies refuse any CheckpointIO that is
+    not an XLACheckpointIO (TypeError). The checkpoint's tensors live on the XLA device, and
+    torch.save would store them as XLA tensors, which a machine without torch-xla cannot load
+    (unless it passes map_location): they are copied to CPU first, in one batched transfer as
+    Lightning's own XLACheckpointIO does, then written atomically like on CPU/GPU."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+        import torch_xla.core.xla_model as xm
+
+        self._save(xm._maybe_convert_to_cpu(checkpoint, convert=True), path, fresh=True)
 
 
 def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
@@ -75,6 +181,13 @@ class EpochCheckpoint(ModelCheckpoint):
         super().__init__(*args, **kwargs)
         self._in_topk = False
         self._pending_best: str | None = None
+        # (global step, validation probabilities) of the best checkpoint written by this trainer
+        self.best_val_probs: tuple[int, Any] | None = None
+
+    def _update_best_and_save(self, current: Any, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        super()._update_best_and_save(current, trainer, monitor_candidates)
+        kept = getattr(trainer.lightning_module, "val_probs", None)  # ClassifierModule's, this validation's
+        self.best_val_probs = kept if kept is not None and kept[0] == trainer.global_step else None
 
     def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
         self._in_topk = bool(self.save_last)
@@ -97,12 +210,26 @@ class EpochCheckpoint(ModelCheckpoint):
         last = Path(filepath)
         staged = last.with_name(f".{last.name}.{os.getpid()}.staged.tmp")  # a stale one is removed by a later run
         super()._save_checkpoint(trainer, str(staged))
-        if trainer.is_global_zero:
-            link_or_copy(staged, best)
-            fault_point(f"replace:{last.name}")
-            os.replace(staged, last)
+        if trainer.is_global_zero:  # after the write of `staged` (queued behind it when writes run in the background)
+            run_after_writes(trainer, _link_then_rename, staged, Path(best), last)
         self._last_checkpoint_saved = filepath
         trainer.strategy.barrier()
+
+
+def _link_then_rename(staged: Path, best: Path, last: Path) -> None:
+    link_or_copy(staged, best)
+    fault_point(f"replace:{last.name}")
+    os.replace(staged, last)
+
+
+def run_after_writes(trainer: pl.Trainer, fn: Callable[..., Any], *args: Any) -> None:
+    """fn(*args) once the checkpoints the trainer has queued are written (at once when its
+    CheckpointIO writes synchronously)."""
+    io = trainer.strategy.checkpoint_io
+    if isinstance(io, AtomicCheckpointIO):
+        io.then(fn, *args)
+    else:
+        fn(*args)
 
 
 class IntervalCheckpoint(pl.Callback):

@@ -71,6 +71,7 @@ RESUME_SAFE_KEYS = (
     "logger",
     "paths.output_dir",
     "trainer.checkpoint_every_minutes",
+    "trainer.async_checkpoint",
 )
 # Config values that are file system paths: made absolute so a run folder works from any cwd.
 PATH_KEYS = ("data.root", "cv.dir", "paths.data_dir", "paths.output_dir", "model.weights_file")
@@ -123,6 +124,7 @@ ADDED_KEYS = {
     "model.head_init": "timm",
     "optimizer.backbone_lr_factor": 1.0,
     "optimizer.no_decay_norm_bias": False,
+    "optimizer.fused": None,  # the optimizer class's own default
 }
 
 

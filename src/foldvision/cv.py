@@ -27,7 +27,7 @@ from foldvision.models.module import ClassifierModule
 from foldvision.oof import oof_table, predict_oof
 from foldvision.report.html import safe_report
 from foldvision.report.plots import plot_augmentations, plot_lr_schedule
-from foldvision.resources import check_disk_space, memory_mb, release_memory
+from foldvision.resources import check_disk_space, gc_skips_existing_objects, memory_mb, release_memory
 from foldvision.runs import fold_results, print_summary, summarize
 from foldvision.training import build_trainer, check_accelerator, describe_device
 
@@ -110,21 +110,11 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
 
     best = Path(trainer.checkpoint_callback.best_model_path or last)
     ckpt = load_checkpoint(best)
-    # on the GPU that trained the fold (with its AMP); on CPU otherwise: XLA would compile a graph for
-    # the ragged last batch for one pass, and a multi-device XLA strategy trained in child
-    # processes, so its root device cannot be asked for here
-    device = trainer.strategy.root_device if isinstance(trainer.accelerator, CUDAAccelerator) else torch.device("cpu")
-    model = module.model.to(device)
-    model.load_state_dict(classifier_state(ckpt["state_dict"]))  # the EMA weights when kept
-    model.eval()
-    channels_last = bool(cfg.trainer.get("channels_last")) and device.type == "cuda"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    amp = device.type == "cuda" and "mixed" in str(cfg.trainer.get("precision"))
-    probs = predict_oof(
-        model, val_set, data.task, int(cfg.data.batch_size), int(cfg.data.num_workers), device, amp, channels_last
-    )
-    model.to("cpu")
+    probs = _best_validation_probs(trainer, ckpt, len(val_set))
+    oof_from = "validation of the best epoch"
+    if probs is None:  # best.ckpt predates this process (resumed fold), or validation saw part of the rows
+        probs = _predict_from_checkpoint(cfg, data, trainer, module, ckpt, val_set)
+        oof_from = best.name
     scores = data.task.score(probs, data.targets[is_val])
     write_csv(fold_dir / "oof.csv", oof_table(data, fold, is_val, probs))
     result = {
@@ -134,6 +124,7 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
         "epochs_trained": int(trainer.current_epoch),
         "max_epochs": int(trainer.max_epochs or 0),  # a resumed run may train later folds longer
         "best_checkpoint": best.name,
+        "oof_from": oof_from,
         "n_train": len(train_set),
         "n_pseudo": len(data.pseudo_paths),
         "n_val": int(is_val.sum()),
@@ -144,13 +135,47 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
     return result
 
 
+def _best_validation_probs(trainer: pl.Trainer, ckpt: dict[str, Any], n_val: int) -> np.ndarray | None:
+    """The OOF probabilities without a second pass over the validation rows: those the validation
+    that chose best.ckpt computed with the same weights (the EMA copy when kept), in row order,
+    when that validation ran in this process over every row. None otherwise."""
+    kept = getattr(trainer.checkpoint_callback, "best_val_probs", None)
+    if kept is None or kept[0] != int(ckpt.get("global_step", -1)) or len(kept[1]) != n_val:
+        return None
+    return kept[1]
+
+
+def _predict_from_checkpoint(
+    cfg: DictConfig, data: CVData, trainer: pl.Trainer, module: ClassifierModule, ckpt: dict[str, Any], val_set: Any
+) -> np.ndarray:
+    """The OOF probabilities of the checkpoint's weights (the EMA copy when kept) on the fold's
+    validation rows."""
+    # on the GPU that trained the fold (with its AMP); on CPU otherwise: XLA would compile a graph for
+    # the ragged last batch for one pass, and a multi-device XLA strategy trained in child
+    # processes, so its root device cannot be asked for here
+    device = trainer.strategy.root_device if isinstance(trainer.accelerator, CUDAAccelerator) else torch.device("cpu")
+    model = module.model.to(device)
+    model.load_state_dict(classifier_state(ckpt["state_dict"]))
+    model.eval()
+    channels_last = bool(cfg.trainer.get("channels_last")) and device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp = device.type == "cuda" and "mixed" in str(cfg.trainer.get("precision"))
+    probs = predict_oof(
+        model, val_set, data.task, int(cfg.data.batch_size), int(cfg.data.num_workers), device, amp, channels_last
+    )
+    model.to("cpu")
+    return probs
+
+
 def _preflight(cfg: DictConfig, data: CVData, run_dir: Path, folds: list[int]) -> threading.Thread | None:
     """Before the first fold: the disk check, then report/lr_schedule.png and report/augmentations.png
     (look at both before spending hours), drawn in a background thread so that training starts at
     once; the returned thread is joined before the report."""
-    model, data_config = create_classifier(
-        cfg.model, data.task.num_outputs, image_size=cfg.data.get("image_size"), pretrained=False
-    )
+    with torch.device("meta"):  # the parameter count and data config only: no memory, no weight init
+        model, data_config = create_classifier(
+            cfg.model, data.task.num_outputs, image_size=cfg.data.get("image_size"), pretrained=False
+        )
     check_disk_space(model, run_dir, len(folds))
     report = run_dir / "report"
     if (report / "augmentations.png").is_file():
@@ -191,13 +216,14 @@ def run_cv(cfg: DictConfig, run_dir: str | Path | None = None) -> float:
     done = fold_results(run_dir)
     todo = [f for f in selected_folds(cfg.cv) if f not in done]
     plots = _preflight(cfg, data, run_dir, todo) if todo and rank == 0 else None
-    for fold in selected_folds(cfg.cv):
-        if fold in done:
-            log.info("fold %d already finished (%s): skipped", fold, run_dir / f"fold_{fold}")
-            continue
-        log.info("fold %d/%d", fold, cfg.cv.n_folds)
-        train_fold(cfg, data, fold, run_dir)
-        release_memory()
+    with gc_skips_existing_objects():
+        for fold in selected_folds(cfg.cv):
+            if fold in done:
+                log.info("fold %d already finished (%s): skipped", fold, run_dir / f"fold_{fold}")
+                continue
+            log.info("fold %d/%d", fold, cfg.cv.n_folds)
+            train_fold(cfg, data, fold, run_dir)
+            release_memory()
     if rank != 0:  # DDP worker: rank 0 predicts OOF and writes the results
         return float("nan")
     if plots is not None:

@@ -15,52 +15,25 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from lightning.fabric.plugins.io.xla import XLACheckpointIO  # importable without torch_xla
-from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.accelerators import XLAAccelerator  # importable without torch_xla
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, RichProgressBar, TQDMProgressBar
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
-from foldvision.checkpointing import EpochCheckpoint, IntervalCheckpoint, RestoreLoaderState
+from foldvision.checkpointing import (
+    AtomicCheckpointIO,
+    AtomicXLACheckpointIO,
+    EpochCheckpoint,
+    IntervalCheckpoint,
+    RestoreLoaderState,
+)
 from foldvision.devices import claim_gpu
 from foldvision.errors import FoldvisionError
-from foldvision.io import atomic_open, load_checkpoint
 from foldvision.loggers import FinishRuns, build_loggers
 
 # Keys of the trainer group that are foldvision's, not pl.Trainer's.
-FOLDVISION_TRAINER_KEYS = ("channels_last", "compile", "checkpoint_every_minutes")
+FOLDVISION_TRAINER_KEYS = ("channels_last", "compile", "checkpoint_every_minutes", "async_checkpoint")
 # The precisions Lightning's XLAPrecision accepts (no AMP "-mixed" on XLA).
 XLA_PRECISIONS = ("32-true", "16-true", "bf16-true")
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to a temp file and renamed: a kill while saving never leaves a
-    truncated best.ckpt/last.ckpt. Loading uses weights_only=True (no code runs from a file)."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
-        with atomic_open(path, "wb") as f:  # temp file, fsync, rename: as every file foldvision writes
-            torch.save(checkpoint, f)
-
-    def load_checkpoint(
-        self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
-    ) -> dict[str, Any]:
-        if not get_filesystem(path).exists(path):
-            raise FileNotFoundError(f"checkpoint {path} not found")
-        return load_checkpoint(path, map_location or "cpu")
-
-
-class AtomicXLACheckpointIO(AtomicCheckpointIO, XLACheckpointIO):
-    """AtomicCheckpointIO for XLA (TPU). Lightning's XLA strategies refuse any CheckpointIO that is
-    not an XLACheckpointIO (TypeError). The checkpoint's tensors live on the XLA device, and
-    torch.save would store them as XLA tensors, which a machine without torch-xla cannot load
-    (unless it passes map_location): they are copied to CPU first, in one batched transfer as
-    Lightning's own XLACheckpointIO does, then written atomically like on CPU/GPU."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
-        import torch_xla.core.xla_model as xm
-
-        super().save_checkpoint(xm._maybe_convert_to_cpu(checkpoint, convert=True), path, storage_options)
 
 
 class EpochSeed(pl.Callback):
@@ -274,18 +247,28 @@ def build_trainer(
         bars = _progress_bar(cb_cfg.progress_bar)
         callbacks += bars
         tcfg["enable_progress_bar"] = bool(bars)
+    # Lightning's XLA strategies accept only an XLACheckpointIO
+    io_cls = AtomicXLACheckpointIO if uses_xla(str(tcfg.get("accelerator", "cpu"))) else AtomicCheckpointIO
+    checkpoint_io = io_cls(background=_background_checkpoints(cfg.trainer, loggers))
     return pl.Trainer(
         default_root_dir=str(fold_dir),
         callbacks=callbacks,
         logger=loggers or False,
-        # Lightning's XLA strategies accept only an XLACheckpointIO
-        plugins=[AtomicXLACheckpointIO() if uses_xla(str(tcfg.get("accelerator", "cpu"))) else AtomicCheckpointIO()],
+        plugins=[checkpoint_io],
         enable_model_summary=False,
         # EpochSampler shards the training set itself (seeded, resumable); validation is not sharded,
         # so no padded duplicates reach the metrics
         use_distributed_sampler=False,
         **tcfg,
     )
+
+
+def _background_checkpoints(trainer_cfg: DictConfig, loggers: list) -> bool:
+    """trainer.async_checkpoint (default true), unless a logger uploads checkpoint files as they are
+    saved (`log_model`): Lightning hands it the file right after queuing the write."""
+    if not trainer_cfg.get("async_checkpoint", True):
+        return False
+    return not any(getattr(lg, "_log_model", False) for lg in loggers)
 
 
 DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")

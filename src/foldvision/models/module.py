@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from timm.utils import ModelEmaV3
@@ -30,6 +31,10 @@ class ClassifierModule(pl.LightningModule):
     ema_decay:     keep timm's ModelEmaV3 of the weights; validation, checkpoints' OOF and
                    predict.py use the EMA copy
     freeze_epochs: train only the classifier head for the first N epochs
+
+    After each complete validation, `val_probs` holds (global step, the probabilities of every
+    validation row in loader order): the CV loop takes the best epoch's as the fold's OOF
+    predictions instead of predicting the same rows again (see cv.train_fold).
     """
 
     def __init__(
@@ -56,6 +61,8 @@ class ClassifierModule(pl.LightningModule):
         self.mixer = mixer
         self.mix_off_epochs = mix_off_epochs
         self.freeze_epochs = freeze_epochs
+        self.val_probs: tuple[int, np.ndarray] | None = None
+        self._val_batches: list[torch.Tensor] = []
         self.ema = None
         if ema_decay:
             self.ema = ModelEmaV3(model, decay=float(ema_decay))
@@ -136,13 +143,22 @@ class ClassifierModule(pl.LightningModule):
             batch_size=len(images),
             sync_dist=True,
         )
-        self.val_metrics.update(self.task.activation(logits), targets.long())
+        probs = self.task.activation(logits)
+        self.val_metrics.update(probs, targets.long())
+        if not self.trainer.sanity_checking:  # a sanity check sees a few batches only
+            self._val_batches.append(probs.detach())
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_batches = []
 
     def on_validation_epoch_end(self) -> None:
         scores = self.val_metrics.compute()  # torchmetrics syncs the states across DDP ranks
         for name, value in scores.items():
             self.log(f"val/{name}", value, prog_bar=name == self.task.main_metric)
         self.val_metrics.reset()
+        if self._val_batches:  # one transfer to the CPU per validation, not one per batch
+            self.val_probs = (int(self.trainer.global_step), torch.cat(self._val_batches).float().cpu().numpy())
+        self._val_batches = []
 
     def configure_optimizers(self) -> Any:
         # all of the model's parameters, in head / backbone and decay / no-decay groups: frozen ones
