@@ -181,13 +181,16 @@ class EpochCheckpoint(ModelCheckpoint):
         super().__init__(*args, **kwargs)
         self._in_topk = False
         self._pending_best: str | None = None
-        # (global step, validation probabilities) of the best checkpoint written by this trainer
+        # (epoch, validation probabilities) of the best checkpoint, when this trainer wrote it
         self.best_val_probs: tuple[int, Any] | None = None
 
     def _update_best_and_save(self, current: Any, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        """The only place best.ckpt changes: keep the probabilities of the validation that chose it
+        (ClassifierModule.val_probs, when they come from this step's validation)."""
         super()._update_best_and_save(current, trainer, monitor_candidates)
-        kept = getattr(trainer.lightning_module, "val_probs", None)  # ClassifierModule's, this validation's
-        self.best_val_probs = kept if kept is not None and kept[0] == trainer.global_step else None
+        kept = getattr(trainer.lightning_module, "val_probs", None)
+        fresh = kept is not None and kept[0] == trainer.global_step
+        self.best_val_probs = (int(trainer.current_epoch), kept[1]) if fresh else None
 
     def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
         self._in_topk = bool(self.save_last)

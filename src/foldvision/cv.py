@@ -109,10 +109,15 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
         return {}
 
     best = Path(trainer.checkpoint_callback.best_model_path or last)
-    ckpt = load_checkpoint(best)
-    probs = _best_validation_probs(trainer, ckpt, len(val_set))
-    oof_from = "validation of the best epoch"
-    if probs is None:  # best.ckpt predates this process (resumed fold), or validation saw part of the rows
+    # the OOF rows without a second pass: the probabilities of the validation that chose best.ckpt,
+    # computed with the same weights (the EMA copy when kept), in row order
+    kept = getattr(trainer.checkpoint_callback, "best_val_probs", None)
+    if kept is not None and len(kept[1]) == len(val_set):
+        best_epoch, probs = kept
+        oof_from = "validation of the best epoch"
+    else:  # best.ckpt predates this process (a resumed fold), or validation saw part of the rows
+        ckpt = load_checkpoint(best)
+        best_epoch = int(ckpt.get("epoch", -1))
         probs = _predict_from_checkpoint(cfg, data, trainer, module, ckpt, val_set)
         oof_from = best.name
     scores = data.task.score(probs, data.targets[is_val])
@@ -120,7 +125,7 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
     result = {
         "fold": fold,
         "scores": scores,
-        "best_epoch": int(ckpt.get("epoch", -1)),
+        "best_epoch": best_epoch,
         "epochs_trained": int(trainer.current_epoch),
         "max_epochs": int(trainer.max_epochs or 0),  # a resumed run may train later folds longer
         "best_checkpoint": best.name,
@@ -133,16 +138,6 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
     }
     write_json(fold_dir / "result.json", result)  # written last: its presence marks the fold done
     return result
-
-
-def _best_validation_probs(trainer: pl.Trainer, ckpt: dict[str, Any], n_val: int) -> np.ndarray | None:
-    """The OOF probabilities without a second pass over the validation rows: those the validation
-    that chose best.ckpt computed with the same weights (the EMA copy when kept), in row order,
-    when that validation ran in this process over every row. None otherwise."""
-    kept = getattr(trainer.checkpoint_callback, "best_val_probs", None)
-    if kept is None or kept[0] != int(ckpt.get("global_step", -1)) or len(kept[1]) != n_val:
-        return None
-    return kept[1]
 
 
 def _predict_from_checkpoint(

@@ -70,7 +70,8 @@ class ImageDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, Any]:
         if isinstance(item, tuple):  # (index, augmentation seed) from EpochSampler
             i, seed = item
-            self.transform.set_random_seed(seed)
+            if getattr(self.transform, "transforms", True):  # an empty pipeline has nothing to seed (17 us a sample)
+                self.transform.set_random_seed(seed)
         else:
             i = item
         image = self._image(i)

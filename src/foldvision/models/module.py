@@ -32,9 +32,9 @@ class ClassifierModule(pl.LightningModule):
                    predict.py use the EMA copy
     freeze_epochs: train only the classifier head for the first N epochs
 
-    After each complete validation, `val_probs` holds (global step, the probabilities of every
-    validation row in loader order): the CV loop takes the best epoch's as the fold's OOF
-    predictions instead of predicting the same rows again (see cv.train_fold).
+    After each validation, `val_probs` holds (global step, the probabilities of every validation
+    row in loader order): the checkpoint callback keeps the best epoch's, and the CV loop writes
+    them as the fold's OOF predictions instead of predicting the same rows again (cv.train_fold).
     """
 
     def __init__(
