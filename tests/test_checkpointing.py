@@ -80,3 +80,46 @@ def test_validate_every_n_epochs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert len(writes) == 2, writes
     assert load_checkpoint(fold_dir / "best.ckpt")["epoch"] == 3
     assert load_checkpoint(fold_dir / "last.ckpt")["epoch"] == 3
+
+
+def test_background_writes_keep_the_order_and_raise_a_failed_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checkpoints are written by a background thread (trainer.async_checkpoint, the default), and
+    what lands is what a synchronous run writes; a write that fails in that thread stops the fit
+    with an error naming the file, and the previous last.ckpt is kept."""
+    import threading
+
+    from foldvision.errors import FoldvisionError
+
+    writers: set[str] = set()
+    real_save = torch.save
+
+    def save(obj, f, *a, **kw):
+        writers.add(threading.current_thread().name)
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", save)
+    torch.manual_seed(0)  # the same data and initial weights for both fits
+    fold_dir, _ = _fit(tmp_path / "a", [0.5, 0.8, 0.6], monkeypatch)
+    assert writers and all(w.startswith("foldvision-checkpoint") for w in writers), writers
+    torch.manual_seed(0)
+    sync_dir, _ = _fit(tmp_path / "b", [0.5, 0.8, 0.6], monkeypatch, "trainer.async_checkpoint=false")
+    for name in ("best.ckpt", "last.ckpt"):
+        a, b = load_checkpoint(fold_dir / name), load_checkpoint(sync_dir / name)
+        assert a["epoch"] == b["epoch"] and a["global_step"] == b["global_step"]
+        for k, v in a["state_dict"].items():
+            assert torch.equal(v, b["state_dict"][k]), k
+
+    calls = {"n": 0}
+
+    def failing(obj, f, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second epoch's write: disk full
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", failing)
+    with pytest.raises(FoldvisionError, match=r"could not write checkpoint .*last\.ckpt.*No space left"):
+        _fit(tmp_path / "c", [0.5, 0.8, 0.9], monkeypatch)
+    assert load_checkpoint(tmp_path / "c" / "fold_0" / "last.ckpt")["epoch"] == 0  # the previous one, whole

@@ -175,3 +175,20 @@ def test_local_weights_file(tmp_path: Path) -> None:
     assert not torch.equal(
         create_backbone(cfg.model, 5, pretrained=False).conv_stem.weight, src.conv_stem.weight
     )  # predict.py
+
+
+def test_fused_optimizer_auto() -> None:
+    """optimizer.fused=auto: torch's fused kernel for CPU parameters (the class has one), none for a
+    class without one, none where Lightning clips under a GradScaler, and `true` refused there."""
+    from foldvision.errors import FoldvisionError
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    for name in ("adamw", "adam", "sgd"):
+        assert create_optimizer(compose_cfg(f"optimizer={name}").optimizer, params).defaults["fused"] is True
+        cfg = compose_cfg(f"optimizer={name}")
+        assert not create_optimizer(cfg.optimizer, params, scaled_clipping=True).defaults["fused"]
+    assert not create_optimizer(compose_cfg("optimizer.fused=null").optimizer, params).defaults["fused"]
+    rms = compose_cfg("optimizer._target_=torch.optim.RMSprop", "~optimizer.weight_decay")
+    assert isinstance(create_optimizer(rms.optimizer, params), torch.optim.RMSprop)  # no fused kernel: none asked
+    with pytest.raises(FoldvisionError, match="gradient_clip_val"):
+        create_optimizer(compose_cfg("optimizer.fused=true").optimizer, params, scaled_clipping=True)

@@ -151,6 +151,7 @@ def test_oof_is_the_best_epochs_validation(folder_data: Path, tmp_path: Path, mo
     from foldvision.data.cv_data import load_cv_data
     from foldvision.io import load_checkpoint
     from foldvision.models.backbone import classifier_state, create_classifier
+    from foldvision.models.module import VAL_PROBS_KEY
     from foldvision.oof import predict_oof
 
     cfg = compose_cfg(
@@ -184,4 +185,7 @@ def test_oof_is_the_best_epochs_validation(folder_data: Path, tmp_path: Path, mo
         return predict_oof(model.eval(), val_set, data.task, 8)
 
     np.testing.assert_allclose(written, predicted("best.ckpt"), atol=1e-6)
+    # stored in best.ckpt too: a fold resumed after its best epoch writes these same numbers
+    stored = load_checkpoint(run / "fold_0" / "best.ckpt")[VAL_PROBS_KEY].numpy()
+    np.testing.assert_array_equal(stored, written.astype(np.float32))  # oof.csv: float32 written as text
     assert not np.allclose(written, predicted("last.ckpt"), atol=1e-4), "the test cannot tell best from last"

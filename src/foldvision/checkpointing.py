@@ -50,8 +50,10 @@ Resuming from such a checkpoint gives the same weights as an uninterrupted run b
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -69,6 +71,8 @@ from torch.utils.data import DataLoader
 
 from foldvision.errors import FoldvisionError
 from foldvision.io import atomic_open, fault_point, load_checkpoint
+
+log = logging.getLogger("foldvision")
 
 
 def write_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
@@ -134,10 +138,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(path, map_location or "cpu")
 
     def teardown(self) -> None:
-        """End of fit (Lightning calls it on success and on error): every write finished."""
+        """End of fit (Lightning calls it on success and on error): every write finished. Writes
+        after this one (ddp_spawn's result hand-over) are synchronous. A failed write raises here,
+        unless fit is already failing: then it is logged, and the training error is the one shown."""
+        failing = sys.exc_info()[1] is not None
         try:
             self.wait()
+        except Exception as e:
+            if not failing:
+                raise
+            log.error("%s", e)
         finally:
+            self.background = False
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
@@ -153,7 +165,8 @@ class AtomicXLACheckpointIO(AtomicCheckpointIO, XLACheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         import torch_xla.core.xla_model as xm
 
-        self._save(xm._maybe_convert_to_cpu(checkpoint, convert=True), path, fresh=True)
+        # not fresh: only XLA tensors are converted; CPU ones (Adam's step counts) are still live
+        self._save(xm._maybe_convert_to_cpu(checkpoint, convert=True), path, fresh=False)
 
 
 def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:

@@ -23,7 +23,7 @@ from foldvision.io import load_checkpoint, write_csv, write_json
 from foldvision.loggers import finish_cv_logging
 from foldvision.models.backbone import check_weights, classifier_state, create_classifier
 from foldvision.models.mixing import create_mixer
-from foldvision.models.module import ClassifierModule
+from foldvision.models.module import VAL_PROBS_KEY, ClassifierModule
 from foldvision.oof import oof_table, predict_oof
 from foldvision.report.html import safe_report
 from foldvision.report.plots import plot_augmentations, plot_lr_schedule
@@ -111,15 +111,18 @@ def train_fold(cfg: DictConfig, data: CVData, fold: int, run_dir: Path) -> dict[
     best = Path(trainer.checkpoint_callback.best_model_path or last)
     # the OOF rows without a second pass: the probabilities of the validation that chose best.ckpt,
     # computed with the same weights (the EMA copy when kept), in row order
+    # (also stored in best.ckpt, for a fold resumed after its best epoch)
+    oof_from = "validation of the best epoch"
     kept = getattr(trainer.checkpoint_callback, "best_val_probs", None)
     if kept is not None and len(kept[1]) == len(val_set):
         best_epoch, probs = kept
-        oof_from = "validation of the best epoch"
-    else:  # best.ckpt predates this process (a resumed fold), or validation saw part of the rows
+    else:
         ckpt = load_checkpoint(best)
         best_epoch = int(ckpt.get("epoch", -1))
-        probs = _predict_from_checkpoint(cfg, data, trainer, module, ckpt, val_set)
-        oof_from = best.name
+        probs = ckpt[VAL_PROBS_KEY].numpy() if VAL_PROBS_KEY in ckpt else None
+        if probs is None or len(probs) != len(val_set):  # an older checkpoint, or validation saw part of the rows
+            probs = _predict_from_checkpoint(cfg, data, trainer, module, ckpt, val_set)
+            oof_from = f"{best.name}, predicted again"
     scores = data.task.score(probs, data.targets[is_val])
     write_csv(fold_dir / "oof.csv", oof_table(data, fold, is_val, probs))
     result = {
@@ -167,7 +170,12 @@ def _preflight(cfg: DictConfig, data: CVData, run_dir: Path, folds: list[int]) -
     """Before the first fold: the disk check, then report/lr_schedule.png and report/augmentations.png
     (look at both before spending hours), drawn in a background thread so that training starts at
     once; the returned thread is joined before the report."""
-    with torch.device("meta"):  # the parameter count and data config only: no memory, no weight init
+    try:
+        with torch.device("meta"):  # the parameter count and data config only: no memory, no weight init
+            model, data_config = create_classifier(
+                cfg.model, data.task.num_outputs, image_size=cfg.data.get("image_size"), pretrained=False
+            )
+    except (RuntimeError, NotImplementedError):  # a model whose constructor computes with its tensors
         model, data_config = create_classifier(
             cfg.model, data.task.num_outputs, image_size=cfg.data.get("image_size"), pretrained=False
         )

@@ -34,6 +34,9 @@ def gc_skips_existing_objects() -> Iterator[None]:
     (gc.freeze), and back afterwards. A full collection, between folds and whenever Python runs
     one during training, then walks only what the folds created: 0.3 s less per fold measured
     (benchmarks/whole_run.py). Cycles among those older objects are collected after the loop."""
+    if gc.get_freeze_count():  # the embedding process froze objects itself: leave its choice alone
+        yield
+        return
     gc.freeze()
     try:
         yield

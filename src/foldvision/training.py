@@ -17,6 +17,8 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.accelerators import XLAAccelerator  # importable without torch_xla
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
 from foldvision.checkpointing import (
@@ -264,11 +266,14 @@ def build_trainer(
 
 
 def _background_checkpoints(trainer_cfg: DictConfig, loggers: list) -> bool:
-    """trainer.async_checkpoint (default true), unless a logger uploads checkpoint files as they are
-    saved (`log_model`): Lightning hands it the file right after queuing the write."""
+    """trainer.async_checkpoint (default true), unless a logger may read checkpoint files as they
+    are saved (it overrides after_save_checkpoint, which Lightning calls right after queuing the
+    write; MLflow and W&B only do so with log_model set)."""
     if not trainer_cfg.get("async_checkpoint", True):
         return False
-    return not any(getattr(lg, "_log_model", False) for lg in loggers)
+    return not any(
+        is_overridden("after_save_checkpoint", lg, Logger) and getattr(lg, "_log_model", True) for lg in loggers
+    )
 
 
 DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")

@@ -18,6 +18,9 @@ from foldvision.models.optim import create_optimizer, create_scheduler
 from foldvision.models.weights import classifier_modules
 from foldvision.tasks import Task
 
+# checkpoint key of the validation probabilities (ClassifierModule.on_save_checkpoint)
+VAL_PROBS_KEY = "foldvision_val_probs"
+
 
 class DivergenceError(FoldvisionError):
     """The loss became NaN or infinite."""
@@ -33,8 +36,9 @@ class ClassifierModule(pl.LightningModule):
     freeze_epochs: train only the classifier head for the first N epochs
 
     After each validation, `val_probs` holds (global step, the probabilities of every validation
-    row in loader order): the checkpoint callback keeps the best epoch's, and the CV loop writes
-    them as the fold's OOF predictions instead of predicting the same rows again (cv.train_fold).
+    row in loader order), also stored in the checkpoint written after it: the checkpoint callback
+    keeps the best epoch's, and the CV loop writes them as the fold's OOF predictions instead of
+    predicting the same rows again (cv.train_fold).
     """
 
     def __init__(
@@ -129,7 +133,7 @@ class ClassifierModule(pl.LightningModule):
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m not in head:
                 m.eval()
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, targets = batch
         model = self.ema.module if self.ema is not None else self.model
         if self.channels_last:
@@ -145,11 +149,20 @@ class ClassifierModule(pl.LightningModule):
         )
         probs = self.task.activation(logits)
         self.val_metrics.update(probs, targets.long())
-        if not self.trainer.sanity_checking:  # a sanity check sees a few batches only
-            self._val_batches.append(probs.detach())
+        return probs.detach()  # kept in on_validation_batch_end, outside a torch.compile'd step
+
+    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not self.trainer.sanity_checking and outputs is not None:  # a sanity check sees a few batches only
+            self._val_batches.append(outputs)
 
     def on_validation_epoch_start(self) -> None:
         self._val_batches = []
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The probabilities of the validation just run go into the checkpoint written after it, so
+        that a resumed fold takes its OOF rows from best.ckpt exactly as an uninterrupted one does."""
+        if self.val_probs is not None and self.val_probs[0] == self.trainer.global_step:
+            checkpoint[VAL_PROBS_KEY] = torch.from_numpy(self.val_probs[1])
 
     def on_validation_epoch_end(self) -> None:
         scores = self.val_metrics.compute()  # torchmetrics syncs the states across DDP ranks
@@ -163,7 +176,10 @@ class ClassifierModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         # all of the model's parameters, in head / backbone and decay / no-decay groups: frozen ones
         # get no gradient and so no update
-        optimizer = create_optimizer(self.optimizer_cfg, None, model=self.model)
+        scaled_clipping = (
+            bool(self.trainer.gradient_clip_val) and getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        )
+        optimizer = create_optimizer(self.optimizer_cfg, None, model=self.model, scaled_clipping=scaled_clipping)
         steps = max(1, int(self.trainer.estimated_stepping_batches) // max(1, self.trainer.max_epochs or 1))
         sched = create_scheduler(
             self.scheduler_cfg, optimizer, steps, int(self.trainer.max_epochs or 1), self.trainer.world_size

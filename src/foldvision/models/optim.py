@@ -22,7 +22,9 @@ FOLDVISION_KEYS = ("backbone_lr_factor", "no_decay_norm_bias", "fused")
 FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu", "hpu")
 
 
-def create_optimizer(cfg: DictConfig, params, model: nn.Module | None = None) -> torch.optim.Optimizer:
+def create_optimizer(
+    cfg: DictConfig, params, model: nn.Module | None = None, scaled_clipping: bool = False
+) -> torch.optim.Optimizer:
     """`cfg` is a Hydra partial (`_target_` + `_partial_: true`) completed with the parameters.
 
     With a Classifier `model`, the parameters come in groups (see `param_groups`): the head at
@@ -32,7 +34,9 @@ def create_optimizer(cfg: DictConfig, params, model: nn.Module | None = None) ->
 
     `optimizer.fused`: true/false is passed to the optimizer class; `auto` (the configs' default)
     turns torch's fused kernel on where the class has one and every parameter is on a device with
-    fused kernels (see `use_fused`); null leaves the class's own default."""
+    fused kernels (see `use_fused`); null leaves the class's own default. `scaled_clipping`: the
+    trainer clips gradients under a GradScaler (16-mixed), which Lightning cannot do for a fused
+    optimizer (it unscales inside its step): `auto` then stays unfused, and `true` is refused."""
     kwargs = {k: v for k, v in cfg.items() if k not in FOLDVISION_KEYS}
     partial = instantiate(OmegaConf.create(kwargs))
     if model is not None:
@@ -46,7 +50,13 @@ def create_optimizer(cfg: DictConfig, params, model: nn.Module | None = None) ->
     fused = cfg.get("fused")
     if fused == "auto":
         params = list(params)
-        fused = use_fused(partial.func, kwargs, params) or None
+        fused = (not scaled_clipping and use_fused(partial.func, kwargs, params)) or None
+    elif fused and scaled_clipping:
+        raise FoldvisionError(
+            "optimizer.fused=true cannot be combined with trainer.gradient_clip_val under 16-mixed precision: "
+            "a fused optimizer unscales its gradients inside its step, after Lightning would clip them. "
+            "Use optimizer.fused=auto (unfused here), bf16-mixed, or no clipping."
+        )
     if fused is not None:
         return partial(params, fused=bool(fused))
     return partial(params)
