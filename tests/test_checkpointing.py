@@ -121,5 +121,24 @@ def test_background_writes_keep_the_order_and_raise_a_failed_write(
 
     monkeypatch.setattr(torch, "save", failing)
     with pytest.raises(FoldvisionError, match=r"could not write checkpoint .*last\.ckpt.*No space left"):
-        _fit(tmp_path / "c", [0.5, 0.8, 0.9], monkeypatch)
+        _fit(tmp_path / "c", [0.5, 0.8, 0.9], monkeypatch)  # raised when the next write waits for it
     assert load_checkpoint(tmp_path / "c" / "fold_0" / "last.ckpt")["epoch"] == 0  # the previous one, whole
+    calls["n"] = 0
+    with pytest.raises(FoldvisionError, match="No space left"):
+        _fit(tmp_path / "d", [0.5, 0.8], monkeypatch)  # the last epoch's write: raised at the end of fit
+    assert load_checkpoint(tmp_path / "d" / "fold_0" / "last.ckpt")["epoch"] == 0
+    assert load_checkpoint(tmp_path / "d" / "fold_0" / "best.ckpt")["epoch"] == 0  # not linked to a failed write
+
+
+def test_loggers_that_read_checkpoints_as_saved_get_synchronous_writes(tmp_path: Path) -> None:
+    """Background writes stay on with CSV and TensorBoard (TensorBoard's after_save_checkpoint does
+    nothing) and with MLflow's default log_model=false; off for MLflow's log_model="all", which
+    uploads each file as Lightning announces it; off with trainer.async_checkpoint=false."""
+
+    def background(*overrides: str) -> bool:
+        cfg = compose_cfg("trainer.max_epochs=1", *overrides)
+        return build_trainer(cfg, tmp_path / "fold_0", "val/acc").strategy.checkpoint_io.background
+
+    assert background("logger=csv") and background("logger=tensorboard") and background("logger=mlflow")
+    assert not background("logger=mlflow", "+logger.mlflow.log_model=all")
+    assert not background("logger=csv", "trainer.async_checkpoint=false")

@@ -188,4 +188,13 @@ def test_oof_is_the_best_epochs_validation(folder_data: Path, tmp_path: Path, mo
     # stored in best.ckpt too: a fold resumed after its best epoch writes these same numbers
     stored = load_checkpoint(run / "fold_0" / "best.ckpt")[VAL_PROBS_KEY].numpy()
     np.testing.assert_array_equal(stored, written.astype(np.float32))  # oof.csv: float32 written as text
+
+    # killed after training, before result.json: the rerun resumes at max_epochs, trains nothing, and
+    # takes the same rows from best.ckpt
+    before = (run / "fold_0" / "oof.csv").read_bytes()
+    (run / "fold_0" / "result.json").unlink()
+    (run / "fold_0" / "oof.csv").unlink()
+    run_cv(cfg, run)
+    assert json.loads((run / "fold_0" / "result.json").read_text())["oof_from"] == "validation of the best epoch"
+    assert (run / "fold_0" / "oof.csv").read_bytes() == before
     assert not np.allclose(written, predicted("last.ckpt"), atol=1e-4), "the test cannot tell best from last"

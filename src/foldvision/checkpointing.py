@@ -121,7 +121,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="foldvision-checkpoint")
-        self._jobs.append(self._executor.submit(fn, *args))
+        previous = self._jobs[-1] if self._jobs else None
+        self._jobs.append(self._executor.submit(_after, previous, fn, *args))
 
     def wait(self) -> None:
         """Block until every queued write is on disk; re-raise the first failed write's error."""
@@ -155,6 +156,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 self._executor = None
 
 
+def _after(previous: Future | None, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run fn unless the job queued before it failed (a link must not follow a failed write)."""
+    if previous is not None and previous.exception() is not None:
+        return None
+    return fn(*args)
+
+
 class AtomicXLACheckpointIO(AtomicCheckpointIO, XLACheckpointIO):
     """AtomicCheckpointIO for XLA (TPU). Lightning's XLA strategies refuse any CheckpointIO that is
     not an XLACheckpointIO (TypeError). The checkpoint's tensors live on the XLA device, and
@@ -165,8 +173,10 @@ class AtomicXLACheckpointIO(AtomicCheckpointIO, XLACheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         import torch_xla.core.xla_model as xm
 
-        # not fresh: only XLA tensors are converted; CPU ones (Adam's step counts) are still live
-        self._save(xm._maybe_convert_to_cpu(checkpoint, convert=True), path, fresh=False)
+        # the CPU tensors (Adam's step counts) are live: copied here; the XLA ones become fresh CPU
+        # copies in the conversion
+        checkpoint = apply_to_collection(checkpoint, torch.Tensor, lambda t: t.clone() if t.device.type == "cpu" else t)
+        self._save(xm._maybe_convert_to_cpu(checkpoint, convert=True), path, fresh=True)
 
 
 def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:

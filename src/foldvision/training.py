@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.accelerators import XLAAccelerator  # importable without torch_xla
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, RichProgressBar, TQDMProgressBar
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
@@ -265,15 +265,28 @@ def build_trainer(
     )
 
 
+def _reads_checkpoints_when_saved(lg: Logger) -> bool:
+    """Whether a logger may open checkpoint files as soon as Lightning tells it one was saved
+    (after_save_checkpoint comes right after the write is queued). TensorBoard's hook does nothing;
+    MLflow and W&B upload at once only with log_model="all" (log_model=true uploads at the end of
+    fit, after the writes have finished); an unknown logger overriding the hook might."""
+    if isinstance(lg, TensorBoardLogger) or not is_overridden("after_save_checkpoint", lg, Logger):
+        return False
+    if hasattr(lg, "_log_model"):
+        return lg._log_model == "all"
+    return True
+
+
 def _background_checkpoints(trainer_cfg: DictConfig, loggers: list) -> bool:
-    """trainer.async_checkpoint (default true), unless a logger may read checkpoint files as they
-    are saved (it overrides after_save_checkpoint, which Lightning calls right after queuing the
-    write; MLflow and W&B only do so with log_model set)."""
+    """trainer.async_checkpoint (default true), unless a logger reads checkpoint files as they are saved."""
     if not trainer_cfg.get("async_checkpoint", True):
         return False
-    return not any(
-        is_overridden("after_save_checkpoint", lg, Logger) and getattr(lg, "_log_model", True) for lg in loggers
-    )
+    readers = [type(lg).__name__ for lg in loggers if _reads_checkpoints_when_saved(lg)]
+    if readers:
+        logging.getLogger("foldvision").info(
+            "checkpoints written before training goes on: %s reads them as they are saved", ", ".join(readers)
+        )
+    return not readers
 
 
 DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
