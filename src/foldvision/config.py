@@ -183,9 +183,10 @@ def prepare_run_dir(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -
     run_dir = Path(run_dir).absolute()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
+        # one probe per process: DDP ranks and torchrun nodes check the same folder at once
+        probe = run_dir / f".write_test.{os.getpid()}.tmp"
         probe.write_text("ok")
-        probe.unlink()
+        probe.unlink(missing_ok=True)
     except OSError as e:
         raise FoldvisionError(
             f"cannot write to the run folder {run_dir}: {e}. Set hydra.run.dir (or paths.output_dir) to a writable place."
