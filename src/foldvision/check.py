@@ -19,8 +19,8 @@ from PIL import Image
 from rich.console import Console
 
 from foldvision.config import resolve_config
-from foldvision.data.cv_data import check_task_fits_data
-from foldvision.data.folds import fold_file_path, load_or_make_folds, make_folds, resolve_strategy
+from foldvision.data.cv_data import check_task_fits_data, cv_folds, fold_strategy
+from foldvision.data.folds import fold_file_path, make_folds
 from foldvision.data.images import ImageReadError, load_image
 from foldvision.data.sources import read_table, read_test_table
 from foldvision.errors import FoldvisionError
@@ -117,21 +117,11 @@ def run_check(cfg: DictConfig, workers: int = 4) -> list[str]:
     if not test_paths and test_error is None:
         con.print("[yellow]note[/yellow] no test images configured: predict.py will need test_csv=/test_image_dir=")
 
-    strategy = resolve_strategy(cfg.cv.strategy, task.fold_strategy)
-    groups = table.train["group"].to_numpy() if "group" in table.train else None
+    strategy, groups = fold_strategy(cfg.cv, table, task)
     path = fold_file_path(cfg.cv.dir, strategy, int(cfg.cv.n_folds), int(cfg.cv.seed))
     try:
         if path.is_file() and not cfg.cv.regenerate:
-            load_or_make_folds(
-                cfg.cv.dir,
-                table.train["id"].tolist(),
-                targets,
-                task.classes,
-                strategy,
-                int(cfg.cv.n_folds),
-                int(cfg.cv.seed),
-                groups,
-            )
+            cv_folds(cfg.cv, table, task, targets, regenerate=False)  # reads it, checking it against the data
             ok(f"fold file {path} matches the data")
         else:
             make_folds(targets, strategy, int(cfg.cv.n_folds), int(cfg.cv.seed), groups, task.classes)

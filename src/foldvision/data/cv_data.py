@@ -159,25 +159,37 @@ def check_task_fits_data(cfg: DictConfig, targets: np.ndarray) -> None:
         )
 
 
+def fold_strategy(cv_cfg: DictConfig, table: DataTable, task: Task) -> tuple[str, np.ndarray | None]:
+    """cv.strategy resolved for the task, and the table's group column (None without one)."""
+    groups = table.train["group"].to_numpy() if "group" in table.train else None
+    return resolve_strategy(cv_cfg.strategy, task.fold_strategy), groups
+
+
+def cv_folds(
+    cv_cfg: DictConfig, table: DataTable, task: Task, targets: np.ndarray, regenerate: bool | None = None
+) -> tuple[np.ndarray, Path]:
+    """The persisted fold of every training row and the fold file (made on first use; see folds.py)."""
+    strategy, groups = fold_strategy(cv_cfg, table, task)
+    return load_or_make_folds(
+        cv_cfg.dir,
+        table.train["id"].tolist(),
+        targets,
+        task.classes,
+        strategy,
+        int(cv_cfg.n_folds),
+        int(cv_cfg.seed),
+        groups=groups,
+        regenerate=bool(cv_cfg.regenerate) if regenerate is None else regenerate,
+    )
+
+
 def load_cv_data(cfg: DictConfig, run_dir: Path | None = None) -> CVData:
     """Read the data, encode targets with the task and load (or make) the persisted folds."""
     table = read_table(cfg.data)
     task = create_task(cfg.task)
     targets = task.encode(table.labels, sep=cfg.data.get("label_sep") or " ")
     check_task_fits_data(cfg, targets)
-    strategy = resolve_strategy(cfg.cv.strategy, task.fold_strategy)
-    groups = table.train["group"].to_numpy() if "group" in table.train else None
-    folds, fold_file = load_or_make_folds(
-        cfg.cv.dir,
-        table.train["id"].tolist(),
-        targets,
-        task.classes,
-        strategy,
-        int(cfg.cv.n_folds),
-        int(cfg.cv.seed),
-        groups=groups,
-        regenerate=bool(cfg.cv.regenerate),
-    )
+    folds, fold_file = cv_folds(cfg.cv, table, task, targets)
     data = CVData(table, task, targets, folds, fold_file)
     if cfg.data.get("skip_bad"):
         drop_unreadable(data, cfg, run_dir or Path(cfg.paths.output_dir))
